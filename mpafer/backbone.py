@@ -1,0 +1,314 @@
+"""Frozen open_clip backbones: one place that turns a name or a config into a model.
+
+Sources, in the spirit of open_clip's factory:
+
+* ``BackboneConfig("ViT-B-16", pretrained="openai")``  built-in name + pretrained tag
+* ``BackboneConfig("ViT-B-16", pretrained="/path/weights.safetensors")``  + local file
+* ``BackboneConfig("hf-hub:org/repo")``  a Hugging Face Hub model
+* ``BackboneConfig("local-dir:/path/folder")``  ``open_clip_config.json`` + weights
+* ``BackboneConfig("mpafer-tiny")``  a config shipped in ``mpafer/model_configs``
+
+Nothing is fetched when the weights are not cached and the machine is offline:
+``HF_HUB_OFFLINE=1`` (or an unreachable hub) fails at once with a message that
+names the weights and says how to supply them.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from .stems import build_stem
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+STEM_KEY = "mpafer_stem"  # our one extension of open_clip's config format
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be built or its weights could not be found."""
+
+
+@dataclass
+class BackboneConfig:
+    model_name: str  # built-in/packaged name, "hf-hub:org/repo" or "local-dir:/path"
+    pretrained: str | None = None  # tag ("openai"), weights file path, or None = random init
+    image_size: int | None = None  # overrides the config's input size (positional embeddings resized)
+    cache_dir: str | None = None
+    seed: int = 0  # random-init backbones (no weights) are drawn from this seed, so they can be rebuilt
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BackboneConfig":
+        known = ("model_name", "pretrained", "image_size", "cache_dir", "seed")
+        return cls(**{k: data[k] for k in known if k in data})
+
+    def describe(self) -> str:
+        return self.model_name + (f" (weights: {self.pretrained})" if self.pretrained else "")
+
+
+@dataclass
+class Backbone:
+    """A frozen open_clip model plus what the rest of mpafer needs to know about it."""
+
+    model: nn.Module
+    config: BackboneConfig
+    tokenizer: Any
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fingerprint: str = field(default="")
+
+    def identity(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), "fingerprint": self.fingerprint}
+
+
+def _register_packaged_configs() -> None:
+    if MODEL_CONFIG_DIR not in getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", []):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+_register_packaged_configs()
+
+
+def offline_requested() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"}
+               for k in ("HF_HUB_OFFLINE", "MPAFER_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 1.5) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _how_to_supply(name: str, tag: str) -> str:
+    call = f"'{name}', pretrained='{tag}'" if tag else f"'{name}'"
+    return (
+        f"To use these weights offline, download them once on a machine with network, e.g.\n"
+        f"  python -c \"import open_clip; open_clip.create_model({call})\"\n"
+        f"and copy the Hugging Face cache (~/.cache/huggingface/hub, or set HF_HOME / cache_dir) here, "
+        f"or save the weights file and pass its path instead of the tag "
+        f"(e.g. --pretrained /path/to/open_clip_model.safetensors), "
+        f"or point model_name at a 'local-dir:' folder holding open_clip_config.json and the weights."
+    )
+
+
+def _cached_weights(pretrained_cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    """Path of already-downloaded weights for an open_clip pretrained tag, else None."""
+    if pretrained_cfg.get("file"):
+        return pretrained_cfg["file"] if os.path.isfile(pretrained_cfg["file"]) else None
+    hub = pretrained_cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hub)
+        candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename[:-4] + ".safetensors")
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = pretrained_cfg.get("url", "")
+    if url:
+        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        if os.path.isfile(target):
+            return target
+    return None
+
+
+def _preflight_pretrained_tag(name: str, tag: str, cache_dir: str | None) -> None:
+    """Fail fast, before open_clip tries to download, when the tag cannot be satisfied offline."""
+    pretrained_cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not pretrained_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise BackboneError(
+            f"'{tag}' is neither a pretrained tag of open_clip model '{name}' nor an existing weights file. "
+            f"Known tags: {', '.join(tags) or 'none'}."
+        )
+    if _cached_weights(pretrained_cfg, cache_dir):
+        return
+    if offline_requested():
+        reason = "HF_HUB_OFFLINE is set, so nothing may be downloaded"
+    elif not _hub_reachable():
+        reason = "the model hub cannot be reached from this machine"
+    else:
+        return  # online and not cached: let open_clip download it, as a user expects
+    raise BackboneError(
+        f"Pretrained weights '{name}' / '{tag}' are not in the local cache and {reason}.\n"
+        + _how_to_supply(name, tag)
+    )
+
+
+def _preflight_hf_hub(repo: str, cache_dir: str | None) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "open_clip_config.json", cache_dir=cache_dir)
+    if isinstance(cached, str):
+        return
+    if offline_requested() or not _hub_reachable():
+        raise BackboneError(
+            f"Hub model 'hf-hub:{repo}' is not in the local cache and cannot be downloaded "
+            f"(offline or hub unreachable).\n" + _how_to_supply(f"hf-hub:{repo}", "")
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise BackboneError(f"cannot read model config {path}: {err}") from err
+
+
+def _find_weights(folder: Path) -> Path | None:
+    for name in ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
+    return found[0] if found else None
+
+
+def _build_from_config(model_cfg: dict[str, Any], weights: Path | None, image_size: int | None) -> nn.Module:
+    """Build a CLIP from a plain config dict (our stem extension allowed) and load its weights."""
+    cfg = copy.deepcopy(model_cfg)
+    stem_cfg = cfg.pop(STEM_KEY, None)
+    custom_text = cfg.pop("custom_text", False)
+    if image_size is not None:
+        cfg["vision_cfg"]["image_size"] = image_size
+    model_class = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    model = model_class(**cfg)
+    if stem_cfg is not None:
+        visual = model.visual
+        visual.conv1 = build_stem(stem_cfg, out_channels=visual.conv1.out_channels,
+                                  stride=visual.patch_size[0])
+    if weights is not None:
+        try:
+            open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
+        except Exception as err:  # safetensors/torch raise many types; say which file and why
+            raise BackboneError(f"cannot load weights {weights} into this architecture: {err}") from err
+    return model
+
+
+def _build(config: BackboneConfig) -> nn.Module:
+    name = config.model_name
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise BackboneError(f"local model folder {folder} has no open_clip_config.json")
+        model_cfg = _read_json(folder / "open_clip_config.json").get("model_cfg")
+        if not model_cfg:
+            raise BackboneError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'")
+        weights = Path(config.pretrained) if config.pretrained else _find_weights(folder)
+        return _build_from_config(model_cfg, weights, config.image_size)
+
+    if name.startswith("hf-hub:"):
+        _preflight_hf_hub(name[len("hf-hub:"):], config.cache_dir)
+        return open_clip.create_model(name, cache_dir=config.cache_dir, force_image_size=config.image_size)
+
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise BackboneError(f"unknown open_clip model '{name}'. Known: {', '.join(open_clip.list_models())}")
+    weights = None
+    pretrained = config.pretrained
+    if pretrained:
+        if Path(pretrained).expanduser().is_file():
+            weights = Path(pretrained).expanduser()
+        elif Path(pretrained).suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
+            raise BackboneError(f"weights file {pretrained} does not exist")
+        else:
+            _preflight_pretrained_tag(name, pretrained, config.cache_dir)
+            return open_clip.create_model(name, pretrained=pretrained, cache_dir=config.cache_dir,
+                                          force_image_size=config.image_size, weights_only=True)
+    return _build_from_config(model_cfg, weights, config.image_size)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def weight_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
+    """A cheap, stable identity of frozen weights: names, shapes and strided value samples.
+
+    Hashing every byte of ViT-L would take seconds; a few thousand evenly spaced values per
+    tensor already tell two trainings or two architectures apart.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1).to("cpu", torch.float32)
+        step = max(1, flat.numel() // samples_per_tensor)
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(flat[::step].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _tokenizer_for(model: nn.Module, config: BackboneConfig):
+    context_length = getattr(model, "context_length", None) or 77
+    if config.model_name.startswith("hf-hub:"):
+        return open_clip.get_tokenizer(config.model_name, cache_dir=config.cache_dir)
+    text_cfg = {}
+    if config.model_name.startswith("local-dir:"):
+        folder = Path(config.model_name[len("local-dir:"):]).expanduser()
+        text_cfg = _read_json(folder / "open_clip_config.json")["model_cfg"].get("text_cfg", {})
+    else:
+        text_cfg = (open_clip.get_model_config(config.model_name) or {}).get("text_cfg", {})
+    if "hf_tokenizer_name" in text_cfg:
+        raise BackboneError(f"{config.model_name}: Hugging Face text towers are not supported by mpafer")
+    return open_clip.SimpleTokenizer(context_length=context_length)
+
+
+def load_backbone(config: BackboneConfig | str, device: str | torch.device = "cpu") -> Backbone:
+    """Build the open_clip model named by ``config``, frozen and in eval mode."""
+    if isinstance(config, str):
+        config = BackboneConfig(config)
+    with torch.random.fork_rng(devices=[]):  # deterministic random init, caller's RNG untouched
+        torch.manual_seed(config.seed)
+        model = freeze(_build(config)).to(device)
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        raise BackboneError(
+            f"{config.describe()}: mpafer needs an open_clip VisionTransformer image tower "
+            f"(got {type(visual).__name__}); ResNet and timm towers have no patch tokens for prompts."
+        )
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    image_size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    return Backbone(
+        model=model,
+        config=config,
+        tokenizer=_tokenizer_for(model, config),
+        image_size=int(image_size),
+        mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
+        fingerprint=weight_fingerprint(model),
+    )
+
+
+def save_model_folder(model: nn.Module, model_cfg: dict[str, Any], folder: str | Path,
+                      preprocess_cfg: dict[str, Any] | None = None) -> Path:
+    """Write a 'local-dir:' folder (open_clip_config.json + open_clip_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    tmp = folder / "open_clip_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, folder / "open_clip_config.json")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors.tmp"))
+    os.replace(folder / "open_clip_model.safetensors.tmp", folder / "open_clip_model.safetensors")
+    return folder

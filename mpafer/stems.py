@@ -1,0 +1,77 @@
+"""Convolutional stems that can replace a ViT's patchify convolution.
+
+A plain patchify ViT learns poorly from ~25k small face images; a convolutional stem with
+the same total stride keeps the token interface (a grid of patch tokens plus a class token)
+that visual prompts and CGLA need, while learning like a CNN (ARCHITECTURE.md, measured).
+The stem is declared in a model config under ``mpafer_stem`` and built here, so open_clip's
+own modules are never edited: ``visual.conv1`` is simply another module with the same output.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _stages(stride: int) -> int:
+    stages = stride.bit_length() - 1
+    if 2**stages != stride or stages < 1:
+        raise ValueError(f"a conv stem needs a power-of-two patch size, got {stride}")
+    return stages
+
+
+def conv_stem(out_channels: int, stride: int, widths: list[int] | None = None) -> nn.Sequential:
+    """log2(stride) stride-2 3x3 conv-BN-ReLU layers, then a 1x1 projection to the ViT width."""
+    stages = _stages(stride)
+    widths = widths or [min(out_channels, 32 * 2**i) for i in range(stages)]
+    layers: list[nn.Module] = []
+    cin = 3
+    for width in widths[:stages]:
+        layers += _conv_bn_relu(cin, width, 2)
+        cin = width
+    layers.append(nn.Conv2d(cin, out_channels, 1))
+    return nn.Sequential(*layers)
+
+
+def _resnet_layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
+    down = None
+    if stride != 1 or cin != cout:
+        down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    layers = [BasicBlock(cin, cout, stride, down)] + [BasicBlock(cout, cout) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def resnet_stem(out_channels: int, stride: int, width: int = 64, blocks: int = 2) -> nn.Sequential:
+    """ResNet-18's stem + layer1 + layer2 (total stride 8), then a 1x1 projection to the ViT width.
+
+    The 7x7/2 conv and the max-pool give stride 4, layer2 another 2; for stride 16 a layer3 is added.
+    """
+    if stride not in (8, 16):
+        raise ValueError(f"the resnet stem supports patch size 8 or 16, got {stride}")
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+        _resnet_layer(width, width, blocks, 1),
+        _resnet_layer(width, width * 2, blocks, 2),
+    ]
+    cin = width * 2
+    if stride == 16:
+        layers.append(_resnet_layer(cin, width * 4, blocks, 2))
+        cin = width * 4
+    layers.append(nn.Conv2d(cin, out_channels, 1))
+    return nn.Sequential(*layers)
+
+
+def build_stem(stem_cfg: dict[str, Any], out_channels: int, stride: int) -> nn.Module:
+    kind = stem_cfg.get("type")
+    options = {k: v for k, v in stem_cfg.items() if k != "type"}
+    if kind == "conv":
+        return conv_stem(out_channels, stride, **options)
+    if kind == "resnet":
+        return resnet_stem(out_channels, stride, **options)
+    raise ValueError(f"unknown mpafer_stem type {kind!r} (known: 'conv', 'resnet')")

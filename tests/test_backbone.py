@@ -1,0 +1,104 @@
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mpafer.backbone import BackboneConfig, BackboneError, load_backbone, save_model_folder
+
+
+def test_tiny_backbone_is_frozen_and_in_eval_mode():
+    backbone = load_backbone("mpafer-tiny")
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    assert not backbone.model.training
+    assert backbone.image_size == 32
+    assert len(backbone.fingerprint) == 16
+
+
+def test_random_init_is_reproducible_and_seeded():
+    a, b = load_backbone("mpafer-tiny"), load_backbone("mpafer-tiny")
+    c = load_backbone(BackboneConfig("mpafer-tiny", seed=1))
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    state = torch.get_rng_state()
+    load_backbone("mpafer-tiny")
+    assert torch.equal(state, torch.get_rng_state()), "building a backbone must not disturb the caller's RNG"
+
+
+def test_local_folder_and_weights_file_give_the_same_weights(tmp_path):
+    source = load_backbone(BackboneConfig("mpafer-tiny", seed=3))
+    folder = save_model_folder(source.model, {**__import__("open_clip").get_model_config("mpafer-tiny")}, tmp_path / "tiny")
+    from_folder = load_backbone(f"local-dir:{folder}")
+    from_file = load_backbone(BackboneConfig("mpafer-tiny", pretrained=str(folder / "open_clip_model.safetensors")))
+    assert from_folder.fingerprint == from_file.fingerprint == source.fingerprint
+
+
+def test_conv_stem_config_keeps_the_token_grid():
+    backbone = load_backbone("mpafer-tiny-stem")
+    visual = backbone.model.visual
+    assert isinstance(visual.conv1, torch.nn.Sequential)
+    with torch.no_grad():
+        out = visual.conv1(torch.randn(1, 3, 48, 48))
+    assert out.shape == (1, 32, 6, 6) and tuple(visual.grid_size) == (6, 6)
+
+
+def test_bad_sources_give_clear_errors(tmp_path):
+    with pytest.raises(BackboneError, match="unknown open_clip model 'no-such-model'"):
+        load_backbone("no-such-model")
+    with pytest.raises(BackboneError, match="does not exist"):
+        load_backbone(BackboneConfig("mpafer-tiny", pretrained=str(tmp_path / "missing.safetensors")))
+    with pytest.raises(BackboneError, match="no open_clip_config.json"):
+        load_backbone(f"local-dir:{tmp_path}")
+    with pytest.raises(BackboneError, match="neither a pretrained tag"):
+        load_backbone(BackboneConfig("ViT-B-16", pretrained="no-such-tag"))
+
+
+def test_weights_from_another_architecture_are_refused(tmp_path):
+    other = load_backbone("mpafer-tiny-stem")
+    import open_clip
+    folder = save_model_folder(other.model, open_clip.get_model_config("mpafer-tiny-stem"), tmp_path / "stem")
+    with pytest.raises(BackboneError, match="cannot load weights"):
+        load_backbone(BackboneConfig("mpafer-tiny", pretrained=str(folder / "open_clip_model.safetensors")))
+
+
+@pytest.mark.parametrize("source", [("ViT-B-16", "openai"), ("hf-hub:timm/ViT-B-16-SigLIP", None)])
+def test_pretrained_weights_fail_fast_offline(source, tmp_path):
+    """A fresh interpreter with HF_HUB_OFFLINE=1 and an empty cache must fail in under 2 s of work."""
+    name, tag = source
+    code = (
+        "import time, sys\n"
+        "from mpafer.backbone import BackboneConfig, BackboneError, load_backbone\n"
+        "start = time.perf_counter()\n"
+        f"try:\n    load_backbone(BackboneConfig({name!r}, pretrained={tag!r}, cache_dir={str(tmp_path)!r}))\n"
+        "except BackboneError as err:\n    print(f'{time.perf_counter() - start:.3f}'); print(err); sys.exit(3)\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 3, result.stderr
+    seconds, message = result.stdout.split("\n", 1)
+    assert float(seconds) < 2.0
+    assert name in message and ("HF_HUB_OFFLINE" in message or "offline" in message)
+    assert "pretrained" in message or "local-dir:" in message  # says how to supply the weights
+
+
+def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch, tmp_path):
+    import mpafer.backbone as backbone_module
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbone_module, "_hub_reachable", lambda *a, **k: False)
+    start = time.perf_counter()
+    with pytest.raises(BackboneError, match="cannot be reached"):
+        load_backbone(BackboneConfig("ViT-B-16", pretrained="openai", cache_dir=str(tmp_path)))
+    assert time.perf_counter() - start < 2.0
+
+
+def test_vit_b16_random_weights_runs_a_prompted_forward():
+    from mpafer.model import MPAFERConfig, create_model
+
+    model = create_model(MPAFERConfig(backbone=BackboneConfig("ViT-B-16")))
+    # paper: about 0.22 MB of learnable parameters for ViT-B/16
+    assert model.num_learnable() == 10 * 512 + 8 * 8 * 768
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 224, 224))
+    assert out.logits.shape == (2, 8) and out.maps.shape == (2, 8, 14, 14)
+    assert torch.isfinite(out.logits).all()

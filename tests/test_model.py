@@ -1,0 +1,139 @@
+import copy
+
+import pytest
+import torch
+
+from mpafer.model import MPAFERConfig, create_model
+from mpafer.objective import mpafer_loss
+from mpafer.prototypes import compute_prototypes
+
+
+def batch(n=4, size=32, classes=8):
+    torch.manual_seed(0)
+    return torch.randn(n, 3, size, size), torch.arange(n) % classes
+
+
+def test_output_shapes_and_cgla_logits(tiny_model):
+    images, _ = batch()
+    with torch.no_grad():
+        out = tiny_model.eval()(images)
+    assert out.logits.shape == (4, 8)
+    assert out.maps.shape == (4, 8, 4, 4)
+    assert out.image_features.shape == (4, 32) and out.patch_features.shape == (4, 16, 32)
+    # logits = scale * (S_g + mean of top-k patch cosines); recompute from the returned pieces
+    sim = out.maps.flatten(2)
+    local = sim.topk(4, dim=-1).values.mean(-1)
+    glob = out.image_features @ out.text.features.t()
+    torch.testing.assert_close(out.logits, tiny_model.logit_scale * (glob + local))
+    torch.testing.assert_close(out.probabilities.sum(-1), torch.ones(4))
+
+
+def test_gradients_reach_only_the_prompts_and_frozen_weights_stay_bit_identical(tiny_model):
+    compute_prototypes(tiny_model, [batch(16)], progress=False)
+    frozen = copy.deepcopy(tiny_model.clip.state_dict())
+    learnable_before = {k: v.clone() for k, v in tiny_model.learnable_state_dict().items()}
+    assert set(learnable_before) == {"text_prompts.ctx", "visual_prompts.prompts"}
+    optimizer = torch.optim.AdamW(tiny_model.learnable_parameters().values(), lr=0.1, weight_decay=0.1)
+    tiny_model.train()
+    images, labels = batch()
+    for _ in range(2):
+        terms = mpafer_loss(tiny_model, tiny_model(images), labels)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        for name, param in tiny_model.named_parameters():
+            assert (param.grad is not None) == param.requires_grad, name
+        optimizer.step()
+    assert set(terms) == {"ce", "ta", "pa", "v", "loss"}
+    for key, value in tiny_model.clip.state_dict().items():
+        assert torch.equal(value, frozen[key]), f"frozen weight {key} changed"
+    assert not tiny_model.clip.training, "the frozen encoders must stay in eval mode"
+    for key, value in tiny_model.learnable_state_dict().items():
+        assert not torch.equal(value, learnable_before[key]), f"{key} did not learn"
+
+
+def test_cached_class_text_follows_optimiser_steps(tiny_model):
+    tiny_model.eval()
+    with torch.no_grad():
+        first = tiny_model.class_text_features().features.clone()
+        assert tiny_model.class_text_features().features is tiny_model.class_text_features().features
+    with torch.no_grad():
+        tiny_model.text_prompts.ctx.add_(0.5)  # in place, like an optimiser step
+        second = tiny_model.class_text_features().features
+    assert not torch.allclose(first, second)
+
+
+def test_loss_lowers_on_a_tiny_problem(tiny_config):
+    tiny_config.loss.gamma = 0.0
+    model = create_model(tiny_config).train()
+    images, labels = batch(8)
+    optimizer = torch.optim.Adam(model.learnable_parameters().values(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        terms = mpafer_loss(model, model(images), labels)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(terms["ce"].item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_ablation_switches(tiny_config):
+    zero_shot = create_model(MPAFERConfig(backbone=tiny_config.backbone, use_text_prompts=False,
+                                          visual_prompt_tokens=0, use_local=False))
+    assert zero_shot.num_learnable() == 0
+    images, _ = batch()
+    with torch.no_grad():
+        out = zero_shot(images)
+        torch.testing.assert_close(out.logits, zero_shot.logit_scale * out.global_scores)
+        torch.testing.assert_close(out.text.features, zero_shot.hard_class_features())
+    with pytest.raises(ValueError, match="global term, the local term, or both"):
+        create_model(MPAFERConfig(backbone=tiny_config.backbone, use_global=False, use_local=False))(images)
+
+
+def test_prototype_loss_needs_prototypes(tiny_model):
+    images, labels = batch()
+    with pytest.raises(ValueError, match="compute_prototypes"):
+        mpafer_loss(tiny_model, tiny_model.train()(images), labels)
+
+
+def test_similarity_maps_for_free_text(tiny_model):
+    images, _ = batch(2)
+    with torch.no_grad():
+        out = tiny_model.eval()(images)
+        texts = tiny_model.encode_text(["wrinkled nose", "corners of the mouth pulled up"])
+        maps = tiny_model.similarity_maps(out.patch_features, texts)
+    assert maps.shape == (2, 2, 4, 4)
+    assert maps.abs().max() <= 1.0 + 1e-5
+    # a class's own text feature gives back that class's map
+    with torch.no_grad():
+        own = tiny_model.similarity_maps(out.patch_features, out.text.features[:1])
+    torch.testing.assert_close(own[:, 0], out.maps[:, 0])
+
+
+def test_class_subset_and_unknown_class(tiny_config):
+    tiny_config.classes = ["happiness", "neutral"]
+    model = create_model(tiny_config)
+    assert model.classes == ("happiness", "neutral") and model.prompt_names[0] == "happy"
+    assert set(model.hard_class.tolist()) == {0, 1}
+    first = model.hard_prompts[0]
+    assert first.class_index == 0 and "happy" in first.text
+    tiny_config.classes = ["joy"]
+    with pytest.raises(ValueError, match="not in hard-prompt bank"):
+        create_model(tiny_config)
+
+
+def test_prototypes_are_class_means_of_frozen_features(tiny_model):
+    images, labels = batch(8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 4, 5, 6, 7][:8])
+    extra = torch.randn(2, 3, 32, 32)
+    prototypes = compute_prototypes(tiny_model, [(images, labels), (extra, torch.tensor([6, 7]))], progress=False)
+    with torch.no_grad():
+        feats, _ = tiny_model.encode_image(images, prompted=False)
+    expected = torch.nn.functional.normalize(feats[:2].mean(0), dim=-1)
+    torch.testing.assert_close(prototypes[0], expected)
+    assert torch.equal(tiny_model.prototypes, prototypes)
+    limited = compute_prototypes(tiny_model, [(images, labels), (extra, torch.tensor([6, 7]))], per_class=1,
+                                 progress=False, store=False)
+    torch.testing.assert_close(limited[0], feats[0])
+    with pytest.raises(ValueError, match="contempt"):
+        compute_prototypes(tiny_model, [(images[:2], torch.tensor([0, 1]))], progress=False)
