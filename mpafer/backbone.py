@@ -182,7 +182,8 @@ def _find_weights(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _build_from_config(model_cfg: dict[str, Any], weights: Path | None, image_size: int | None) -> nn.Module:
+def build_from_config(model_cfg: dict[str, Any], weights: Path | None = None,
+                      image_size: int | None = None) -> nn.Module:
     """Build a CLIP from a plain config dict (our stem extension allowed) and load its weights."""
     cfg = copy.deepcopy(model_cfg)
     stem_cfg = cfg.pop(STEM_KEY, None)
@@ -213,7 +214,7 @@ def _build(config: BackboneConfig) -> nn.Module:
         if not model_cfg:
             raise BackboneError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'")
         weights = Path(config.pretrained) if config.pretrained else _find_weights(folder)
-        return _build_from_config(model_cfg, weights, config.image_size)
+        return build_from_config(model_cfg, weights, config.image_size)
 
     if name.startswith("hf-hub:"):
         _preflight_hf_hub(name[len("hf-hub:"):], config.cache_dir)
@@ -233,7 +234,7 @@ def _build(config: BackboneConfig) -> nn.Module:
             _preflight_pretrained_tag(name, pretrained, config.cache_dir)
             return open_clip.create_model(name, pretrained=pretrained, cache_dir=config.cache_dir,
                                           force_image_size=config.image_size, weights_only=True)
-    return _build_from_config(model_cfg, weights, config.image_size)
+    return build_from_config(model_cfg, weights, config.image_size)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -298,8 +299,11 @@ def load_backbone(config: BackboneConfig | str, device: str | torch.device = "cp
 
 
 def save_model_folder(model: nn.Module, model_cfg: dict[str, Any], folder: str | Path,
-                      preprocess_cfg: dict[str, Any] | None = None) -> Path:
-    """Write a 'local-dir:' folder (open_clip_config.json + open_clip_model.safetensors)."""
+                      preprocess_cfg: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write a 'local-dir:' folder (open_clip_config.json + open_clip_model.safetensors).
+
+    ``dtype=torch.float16`` halves the file; loading casts the weights back to the model's dtype.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -308,7 +312,12 @@ def save_model_folder(model: nn.Module, model_cfg: dict[str, Any], folder: str |
     tmp = folder / "open_clip_config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, folder / "open_clip_config.json")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        state[key] = value.contiguous()
     save_file(state, str(folder / "open_clip_model.safetensors.tmp"))
     os.replace(folder / "open_clip_model.safetensors.tmp", folder / "open_clip_model.safetensors")
     return folder

@@ -159,7 +159,8 @@ class MPAFER(nn.Module):
     def hard_text_features(self) -> torch.Tensor:
         """(P, D) features of every hard prompt, computed once from the frozen text encoder."""
         if self.hard_text_cache.numel() == 0:
-            self.hard_text_cache = self.encode_text([p.text for p in self.hard_prompts]).to(self.device)
+            with torch.inference_mode(False):
+                self.hard_text_cache = self.encode_text([p.text for p in self.hard_prompts]).to(self.device)
         return self.hard_text_cache
 
     def hard_class_features(self) -> torch.Tensor:
@@ -201,7 +202,8 @@ class MPAFER(nn.Module):
         ctx = self.text_prompts.ctx
         key = (ctx._version, ctx.data_ptr(), ctx.device)  # optimiser steps bump _version
         if self._text_cache is None or self._text_cache[0] != key:
-            with torch.no_grad():
+            # plain tensors even under inference_mode, so a later Grad-CAM pass may use the cache
+            with torch.inference_mode(False), torch.no_grad():
                 self._text_cache = (key, self._soft_text(False))
         return self._text_cache[1]
 

@@ -49,17 +49,20 @@ def _resnet_layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequentia
 def resnet_stem(out_channels: int, stride: int, width: int = 64, blocks: int = 2) -> nn.Sequential:
     """ResNet-18's stem + layer1 + layer2 (total stride 8), then a 1x1 projection to the ViT width.
 
-    The 7x7/2 conv and the max-pool give stride 4, layer2 another 2; for stride 16 a layer3 is added.
+    The 7x7/2 conv and the max-pool give stride 4 (layer1 alone for patch size 4), layer2 another 2;
+    for stride 16 a layer3 is added.
     """
-    if stride not in (8, 16):
-        raise ValueError(f"the resnet stem supports patch size 8 or 16, got {stride}")
+    if stride not in (4, 8, 16):
+        raise ValueError(f"the resnet stem supports patch size 4, 8 or 16, got {stride}")
     layers: list[nn.Module] = [
         nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
         _resnet_layer(width, width, blocks, 1),
-        _resnet_layer(width, width * 2, blocks, 2),
     ]
-    cin = width * 2
+    cin = width
+    if stride >= 8:
+        layers.append(_resnet_layer(width, width * 2, blocks, 2))
+        cin = width * 2
     if stride == 16:
         layers.append(_resnet_layer(cin, width * 4, blocks, 2))
         cin = width * 4

@@ -102,3 +102,22 @@ def test_vit_b16_random_weights_runs_a_prompted_forward():
         out = model(torch.randn(2, 3, 224, 224))
     assert out.logits.shape == (2, 8) and out.maps.shape == (2, 8, 14, 14)
     assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("kind,stride,size", [("resnet", 4, 56), ("resnet", 8, 112), ("conv", 8, 48), ("conv", 4, 32)])
+def test_stems_have_the_patch_stride(kind, stride, size):
+    from mpafer.stems import build_stem
+
+    stem = build_stem({"type": kind}, out_channels=24, stride=stride)
+    with torch.no_grad():
+        out = stem.eval()(torch.randn(1, 3, size, size))
+    assert out.shape == (1, 24, size // stride, size // stride)
+
+
+def test_shipped_default_model_configs_fit_the_bundle_budget():
+    """The compact stage-0 backbones keep a >= 14x14 token grid and stay under 25 MB in float16."""
+    for name in ("mpafer-face-vit", "mpafer-face-vit-small"):
+        backbone = load_backbone(name)
+        assert min(backbone.model.visual.grid_size) >= 14
+        megabytes = sum(p.numel() for p in backbone.model.state_dict().values()) * 2 / 1e6
+        assert megabytes < 25, (name, megabytes)

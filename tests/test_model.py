@@ -137,3 +137,15 @@ def test_prototypes_are_class_means_of_frozen_features(tiny_model):
     torch.testing.assert_close(limited[0], feats[0])
     with pytest.raises(ValueError, match="contempt"):
         compute_prototypes(tiny_model, [(images[:2], torch.tensor([0, 1]))], progress=False)
+
+
+def test_caches_made_under_inference_mode_still_serve_gradients(tiny_model):
+    """The demo caches text features under inference_mode; Grad-CAM later needs autograd through them."""
+    images, _ = batch(1)
+    with torch.inference_mode():
+        tiny_model.eval()(images)
+        tiny_model.hard_text_features()
+    images.requires_grad_(True)
+    out = tiny_model(images)
+    out.logits[0, 0].backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
