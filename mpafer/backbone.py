@@ -210,11 +210,16 @@ def _build(config: BackboneConfig) -> nn.Module:
         folder = Path(name[len("local-dir:"):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
             raise BackboneError(f"local model folder {folder} has no open_clip_config.json")
-        model_cfg = _read_json(folder / "open_clip_config.json").get("model_cfg")
+        folder_config = _read_json(folder / "open_clip_config.json")
+        model_cfg = folder_config.get("model_cfg")
         if not model_cfg:
             raise BackboneError(f"{folder / 'open_clip_config.json'} has no 'model_cfg'")
         weights = Path(config.pretrained) if config.pretrained else _find_weights(folder)
-        return build_from_config(model_cfg, weights, config.image_size)
+        model = build_from_config(model_cfg, weights, config.image_size)
+        # the folder's own normalisation (e.g. a backbone trained on grey faces) travels with it
+        preprocess = {**open_clip.get_model_preprocess_cfg(model), **folder_config.get("preprocess_cfg", {})}
+        open_clip.set_model_preprocess_cfg(model, preprocess)
+        return model
 
     if name.startswith("hf-hub:"):
         _preflight_hf_hub(name[len("hf-hub:"):], config.cache_dir)

@@ -126,9 +126,10 @@ def _resolve_backbone_config(data: dict[str, Any], folder: Path) -> BackboneConf
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    backbone: Backbone | BackboneConfig | None = None) -> MPAFER:
+                    backbone: Backbone | BackboneConfig | None = None, check_fingerprint: bool = True) -> MPAFER:
     """Rebuild a trained model. ``backbone`` overrides where the frozen weights come from
-    (e.g. a local copy of the same weights); its fingerprint must still match."""
+    (e.g. a local copy of the same weights); its fingerprint must still match unless
+    ``check_fingerprint`` is False (deliberate re-targeting, e.g. an fp16 copy of the backbone)."""
     folder = _checkpoint_folder(path)
     meta = read_metadata(folder)
     tensors = read_tensors(folder)
@@ -144,7 +145,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     if isinstance(backbone, BackboneConfig):
         backbone = load_backbone(backbone, device=device)
     backbone = backbone or load_backbone(config.backbone, device=device)
-    if backbone.fingerprint != expected.get("fingerprint"):
+    if check_fingerprint and backbone.fingerprint != expected.get("fingerprint"):
         raise CheckpointError(
             f"checkpoint {folder} was trained on backbone {expected.get('model_name')} "
             f"(weights: {expected.get('pretrained')}, fingerprint {expected.get('fingerprint')}), "

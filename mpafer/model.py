@@ -188,9 +188,7 @@ class MPAFER(nn.Module):
         pooled, per_token = self.text.encode_embeddings(learner(), learner.tokens, return_tokens=True)
         if not with_tokens:
             return TextFeatures(normalize(pooled))
-        mask = content_mask(learner.tokens, self.text.eos_id)
-        length = int(mask.sum(1).max()) + 1
-        return TextFeatures(normalize(pooled), normalize(per_token[:, :length]), mask[:, :length])
+        return TextFeatures(normalize(pooled), normalize(per_token[:, :learner.length]), learner.token_mask)
 
     def class_text_features(self, with_tokens: bool = False) -> TextFeatures:
         """Class features from the soft prompts, cached while the context does not change."""

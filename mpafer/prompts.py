@@ -107,6 +107,10 @@ class TextPromptLearner(nn.Module):
             raise ValueError("a class prompt is longer than the text encoder's context length")
         self.n_ctx = n_ctx
         self.class_specific = class_specific
+        # positions up to the longest prompt's EOT: fixed once tokenised, so no per-step device sync
+        token_mask = content_mask(tokens, text.eos_id)
+        self.length = int(token_mask.sum(1).max()) + 1
+        self.register_buffer("token_mask", token_mask[:, :self.length], persistent=False)
         self.ctx = nn.Parameter(ctx)
         # derived from frozen weights on construction: not saved, rebuilt on load
         self.register_buffer("tokens", tokens, persistent=False)
@@ -114,6 +118,7 @@ class TextPromptLearner(nn.Module):
         self.register_buffer("suffix", embedding[:, 1 + n_ctx:], persistent=False)
 
     def forward(self) -> torch.Tensor:
+        """(C, L, W) prompt embeddings: SOS, the context vectors, then the class name and EOT."""
         ctx = self.ctx
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(self.prefix.shape[0], -1, -1)

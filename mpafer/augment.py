@@ -1,0 +1,194 @@
+"""Batched image preparation on whatever device the uint8 batch lives on (the GPU in training).
+
+* ``to_model_input``: uint8 faces -> resized, normalised float images (evaluation, prediction).
+* ``sample_augment`` + ``apply_augment``: random resized crop, horizontal flip and random erasing.
+
+Augmentation is split in two so that the random draws are cheap, small and made on the CPU from
+an explicit ``torch.Generator``: a training step draws the parameters of its *global* batch once
+and every DDP rank applies its own slice. The images a run sees then depend only on the seed, the
+epoch and the step, never on the device or on the number of GPUs, and a resumed run draws exactly
+what the uninterrupted one drew.
+
+Crop, resize and flip are one ``grid_sample`` per batch (bilinear); erasing is a mask. Faces are
+already cropped, so the default crop keeps 80-100 % of the area.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    scale: tuple[float, float] = (0.8, 1.0)  # crop area as a fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio (width / height)
+    flip: float = 0.5  # probability of a horizontal flip
+    erase: float = 0.25  # probability of erasing one rectangle
+    erase_scale: tuple[float, float] = (0.02, 0.2)  # erased area as a fraction of the image
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+
+    def __post_init__(self):
+        for name in ("scale", "ratio", "erase_scale", "erase_ratio"):
+            low, high = (float(v) for v in getattr(self, name))
+            if not 0 < low <= high:
+                raise ValueError(f"augment.{name} must be 0 < low <= high, got {getattr(self, name)}")
+            setattr(self, name, (low, high))
+        if self.scale[1] > 1 or self.erase_scale[1] > 1:
+            raise ValueError("augment.scale and augment.erase_scale cannot exceed 1")
+        for name in ("flip", "erase"):
+            if not 0 <= float(getattr(self, name)) <= 1:
+                raise ValueError(f"augment.{name} is a probability, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "AugmentConfig":
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown augment keys: {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in data.items()})
+
+
+@dataclass
+class AugmentParams:
+    """Per-image random draws, all as fractions of the image so they fit any resolution."""
+
+    crop: torch.Tensor  # (B, 4) centre x, centre y, width, height in [0, 1]
+    flip: torch.Tensor  # (B,) bool
+    erase: torch.Tensor  # (B, 4) left, top, width, height in [0, 1]; width 0 = nothing erased
+
+    def __len__(self) -> int:
+        return self.crop.shape[0]
+
+    def slice(self, start: int, stop: int) -> "AugmentParams":
+        return AugmentParams(self.crop[start:stop], self.flip[start:stop], self.erase[start:stop])
+
+    def to(self, device: torch.device | str) -> "AugmentParams":
+        return AugmentParams(self.crop.to(device), self.flip.to(device), self.erase.to(device))
+
+
+def _boxes(n: int, area: tuple[float, float], ratio: tuple[float, float],
+           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widths and heights (fractions, <= 1) of n boxes with uniform area and log-uniform aspect."""
+    a = torch.empty(n).uniform_(*area, generator=generator)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = log_r.exp()
+    return (a * r).sqrt().clamp(max=1.0), (a / r).sqrt().clamp(max=1.0)
+
+
+def sample_augment(n: int, config: AugmentConfig, generator: torch.Generator | None = None) -> AugmentParams:
+    """Draw the augmentation of n images on the CPU from ``generator`` (same draws on any device).
+
+    Without a generator the global CPU RNG is used."""
+    w, h = _boxes(n, config.scale, config.ratio, generator)
+    u = torch.rand(n, 2, generator=generator)
+    cx = w / 2 + u[:, 0] * (1 - w)  # the crop stays inside the image
+    cy = h / 2 + u[:, 1] * (1 - h)
+    flip = torch.rand(n, generator=generator) < config.flip
+    ew, eh = _boxes(n, config.erase_scale, config.erase_ratio, generator)
+    v = torch.rand(n, 2, generator=generator)
+    erased = torch.rand(n, generator=generator) < config.erase
+    ew = torch.where(erased, ew, torch.zeros_like(ew))
+    erase = torch.stack([v[:, 0] * (1 - ew), v[:, 1] * (1 - eh), ew, eh], dim=1)
+    return AugmentParams(torch.stack([cx, cy, w, h], dim=1), flip, erase)
+
+
+def as_nchw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A uint8 (or float) batch in NHWC or NCHW layout, as an NCHW tensor (a view when possible)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if images.dim() == 3:  # one image
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ValueError(f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] == 3 and images.shape[-1] != 3:
+        return images
+    if images.shape[-1] == 3:
+        return images.permute(0, 3, 1, 2)
+    if images.shape[1] == 3:
+        return images
+    raise ValueError(f"images need 3 colour channels first or last, got shape {tuple(images.shape)}")
+
+
+def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """NCHW uint8 -> float32 in [0, 1]; float input is taken to be in [0, 1] already."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def to_model_input(images: torch.Tensor | np.ndarray, size: int, mean: Sequence[float],
+                   std: Sequence[float], device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 NHWC/NCHW faces -> float32 (N, 3, size, size), resized and normalised; no randomness.
+
+    Shrinking uses antialiasing (as PIL would), enlarging plain bilinear. With ``device`` the
+    uint8 batch is moved first, so the float copy is only ever made where it is used.
+    """
+    x = as_nchw(images)
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    x = _to_unit_float(x)
+    if x.shape[-2:] != (size, size):
+        shrink = x.shape[-1] > size or x.shape[-2] > size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return normalize(x, mean, std)
+
+
+def _crop_grid(params: AugmentParams, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sampling grid (B, size, size, 2) that crops each box, resizes it to size and maybe flips it."""
+    crop = params.crop.to(dtype)
+    sx = crop[:, 2] * torch.where(params.flip, -1.0, 1.0).to(dtype)  # a negative x scale mirrors
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([
+        torch.stack([sx, zero, 2 * crop[:, 0] - 1], dim=1),
+        torch.stack([zero, crop[:, 3], 2 * crop[:, 1] - 1], dim=1),
+    ], dim=1)  # maps output coordinates in [-1, 1] into the box, in input coordinates
+    return F.affine_grid(theta, [crop.shape[0], 3, size, size], align_corners=False)
+
+
+def _erase_mask(params: AugmentParams, size: int, device: torch.device) -> torch.Tensor:
+    """(B, 1, size, size) True inside each image's erased rectangle."""
+    centres = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+    left, top, width, height = params.erase.to(torch.float32).unbind(dim=1)
+    cols = (centres[None, :] >= left[:, None]) & (centres[None, :] < (left + width)[:, None])
+    rows = (centres[None, :] >= top[:, None]) & (centres[None, :] < (top + height)[:, None])
+    return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
+
+
+def apply_augment(images: torch.Tensor, params: AugmentParams, size: int, mean: Sequence[float],
+                  std: Sequence[float]) -> torch.Tensor:
+    """Crop, resize, flip, normalise and erase a uint8 batch on its own device -> float32 NCHW.
+
+    Erased pixels are set to 0 after normalisation, i.e. to the dataset mean colour, as
+    torchvision's RandomErasing does when it follows Normalize.
+    """
+    x = _to_unit_float(as_nchw(images))
+    if len(params) != x.shape[0]:
+        raise ValueError(f"{len(params)} augmentation draws for a batch of {x.shape[0]} images")
+    params = params.to(x.device)
+    x = F.grid_sample(x, _crop_grid(params, size, x.dtype), mode="bilinear", padding_mode="border",
+                      align_corners=False)
+    x = normalize(x, mean, std)
+    return x.masked_fill(_erase_mask(params, size, x.device), 0.0)
+
+
+def augment(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
+            config: AugmentConfig | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw and apply in one call, for code that does not need the split (benchmarks, notebooks)."""
+    config = config or AugmentConfig()
+    n = as_nchw(images).shape[0]
+    return apply_augment(images, sample_augment(n, config, generator), size, mean, std)

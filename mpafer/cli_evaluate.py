@@ -1,0 +1,128 @@
+"""``python -m mpafer evaluate``: a checkpoint's accuracy, per-class metrics and confusion matrix on a split.
+
+    python -m mpafer evaluate --dataset ferplus --data /path/to/ferplus --split test
+    python -m mpafer evaluate --dataset rafdb --data /path/to/RAF-DB --checkpoint runs/rafdb/best --json
+
+Without --checkpoint the bundled default model is used (or $MPAFER_CHECKPOINT). With --json exactly
+one JSON object is printed on stdout; progress bars go to stderr. Exit status 2 on a usage or data error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import defaults
+
+NATIVE = "native"
+
+
+def _image_size(text: str):
+    if text == NATIVE:
+        return NATIVE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or '{NATIVE}', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import ADAPTERS
+
+    parser = argparse.ArgumentParser(prog="python -m mpafer evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ferplus", choices=sorted(ADAPTERS),
+                        help="dataset adapter (default: ferplus)")
+    parser.add_argument("--data", required=True, help="dataset folder")
+    parser.add_argument("--split", default="test", help="train, valid or test (default: test)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: the bundled model, or $MPAFER_CHECKPOINT)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with every metric")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--tta-flip", action="store_true",
+                        help="average each face's prediction with its mirror image's")
+    parser.add_argument("--confusion", metavar="PATH.png", help="also save the confusion matrix as a PNG")
+    parser.add_argument("--image-size", type=_image_size, default=None,
+                        help="size faces are decoded at before the model resizes them: pixels or 'native' "
+                             "(default: what the checkpoint was trained with, else the model's input size; "
+                             "FERPlus: native 48)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable image files instead of failing")
+    parser.add_argument("--cache-dir", default=None, help="decoded-dataset cache (default: $MPAFER_CACHE/datasets)")
+    return parser
+
+
+def decode_size(requested, dataset: str, model_size: int, trained_data: dict) -> int | None:
+    """The size to decode faces at: asked for, else as in training, else native FERPlus or the model's size."""
+    if requested == NATIVE:
+        return None
+    if requested is not None:
+        return requested
+    if trained_data.get("dataset") == dataset and "image_size" in trained_data:
+        return trained_data["image_size"]
+    return None if dataset == "ferplus" else model_size
+
+
+def _human_report(metrics: dict, checkpoint: Path, dataset: str, split: str) -> str:
+    lines = [f"{dataset} {split}: n = {metrics['n']}, checkpoint {checkpoint}"
+             + (" (flip TTA)" if metrics.get("tta_flip") else ""),
+             f"accuracy             {metrics['accuracy']:.4f}",
+             f"mean class accuracy  {metrics['mean_class_accuracy']:.4f}",
+             f"macro F1             {metrics['macro_f1']:.4f}",
+             "",
+             f"{'class':<12} {'precision':>9} {'recall':>8} {'f1':>8} {'support':>8}"]
+
+    def cell(value):
+        return f"{value:.4f}" if value is not None else "-"
+
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<12} {cell(row['precision']):>9} {cell(row['recall']):>8} "
+                     f"{cell(row['f1']):>8} {row['support']:>8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else defaults.default_checkpoint()
+    if checkpoint is None:
+        print(f"error: no checkpoint given and no bundled model is present yet "
+              f"(expected {defaults.MODELS_DIR / defaults.DEFAULT_MODEL_NAME}). "
+              f"Pass --checkpoint PATH (a folder with mpafer.json, e.g. runs/<name>/best) "
+              f"or set ${defaults.CHECKPOINT_ENV}.", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from .backbone import BackboneError
+    from .checkpoint import CheckpointError, load_checkpoint, read_metadata
+    from .data import load_dataset
+    from .evaluate import evaluate, plot_confusion
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda was asked for but CUDA is not available here; use --device cpu", file=sys.stderr)
+        return 2
+    try:
+        trained_data = (read_metadata(checkpoint).get("extra") or {}).get("data") or {}
+        model = load_checkpoint(checkpoint, device=device)
+        size = decode_size(args.image_size, args.dataset, model.image_size, trained_data)
+        data = load_dataset(args.dataset, args.data, args.split, image_size=size, skip_bad=args.skip_bad,
+                            cache_dir=args.cache_dir)
+        metrics = evaluate(model, data, batch_size=args.batch_size, tta_flip=args.tta_flip)
+        if args.confusion:
+            title = f"{args.dataset} {args.split}: accuracy {metrics['accuracy']:.2%} (n = {metrics['n']})"
+            plot_confusion(metrics["confusion"], metrics["classes"], args.confusion, title=title)
+    except (CheckpointError, BackboneError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics.update({"dataset": args.dataset, "split": args.split, "checkpoint": str(checkpoint)})
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(_human_report(metrics, checkpoint, args.dataset, args.split))
+        if args.confusion:
+            print(f"confusion matrix saved to {args.confusion}")
+    return 0
