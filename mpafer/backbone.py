@@ -25,6 +25,7 @@ from typing import Any
 
 import open_clip
 import torch
+from open_clip.transform import PreprocessCfg
 from torch import nn
 
 from .stems import build_stem
@@ -217,7 +218,7 @@ def _build(config: BackboneConfig) -> nn.Module:
         weights = Path(config.pretrained) if config.pretrained else _find_weights(folder)
         model = build_from_config(model_cfg, weights, config.image_size)
         # the folder's own normalisation (e.g. a backbone trained on grey faces) travels with it
-        preprocess = {**open_clip.get_model_preprocess_cfg(model), **folder_config.get("preprocess_cfg", {})}
+        preprocess = {**asdict(PreprocessCfg(size=model.visual.image_size)), **folder_config.get("preprocess_cfg", {})}
         open_clip.set_model_preprocess_cfg(model, preprocess)
         return model
 
