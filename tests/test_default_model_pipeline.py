@@ -72,3 +72,18 @@ def test_evaluate_uses_the_bundle_as_default_model(pipeline):
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_ablation_table_runs_every_row(pipeline, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPAFER_CACHE", str(pipeline["root"] / "cache"))
+    ablation = load_script("ablation")
+    assert ablation.main(["--config", str(REPO / "training" / "configs" / "ferplus_default.yaml"),
+                          "--data", str(pipeline["data"]), "--out", str(tmp_path), "--device", "cpu",
+                          "--epochs", "1", "--batch-size", "16",
+                          "--set", f"model.backbone.model_name=local-dir:{pipeline['stage0']}",
+                          "model.visual_prompt_depth=1", "model.topk=4"]) == 0
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["learnable"] > 0 for r in rows] == [False, True, True, True, True, True]
+    assert rows[1]["learnable"] < rows[2]["learnable"]  # visual prompts add parameters
+    assert all(0.0 <= r["test"] <= 1.0 for r in rows)
+    assert (tmp_path / "ablation.md").read_text().count("\n") == 8
