@@ -1,0 +1,242 @@
+"""Image in, one explained result per face out.
+
+``Predictor`` owns the model, the face detector and the explainer. For each image it finds
+the faces, crops each one square with a margin, classifies all crops in one batch and reads
+the explanations (class heatmaps, best-matching descriptions per facial region) off that
+same forward pass. Grad-CAM, which needs a backward pass, runs only when asked.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .backbone import BackboneConfig
+from .explain import DescriptionScore, Explainer, ProbeResult, gradcam, normalize_map, region_activation, upsample
+from .faces import DEFAULT_MARGIN, Box, CropInfo, FaceDetector, crop_face, face_regions, region_masks
+from .images import DEFAULT_MAX_SIDE, load_image
+from .model import MPAFER, MPAFERConfig, create_model
+
+log = logging.getLogger(__name__)
+
+# ``checkpoint=UNTRAINED`` asks for the random-weight fallback explicitly (tests, trying the
+# pipeline); a folder that happens to be called "untrained" can be given as "./untrained".
+UNTRAINED = "untrained"
+FALLBACK_BACKBONE = "mpafer-tiny-face"  # 112 px, 14x14 patch grid, like the default model
+
+
+def untrained_model(device: str | torch.device = "cpu") -> MPAFER:
+    """A small random-weight MPA-FER: the whole pipeline runs, the predictions mean nothing.
+
+    Seeded (the backbone by its config, the prompts here), so every run shows the same output.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_model(MPAFERConfig(backbone=BackboneConfig(FALLBACK_BACKBONE)), device=device).eval()
+
+
+def resolve_model(checkpoint: str | Path | MPAFER | None, device: str | torch.device = "cpu"
+                  ) -> tuple[MPAFER, str, bool]:
+    """(model, where it came from, untrained?) for a checkpoint path, a model, UNTRAINED or None.
+
+    None means the default checkpoint (``mpafer.defaults``); when no model is bundled, the
+    untrained fallback, flagged so that callers can warn about it.
+    """
+    if isinstance(checkpoint, MPAFER):
+        return checkpoint.eval(), "model given in code", False
+    if checkpoint is None:
+        from .defaults import default_checkpoint
+
+        checkpoint = default_checkpoint()
+        if checkpoint is None:
+            log.warning("no default model is bundled: using an untrained random-weight model")
+            return untrained_model(device), f"untrained fallback ({FALLBACK_BACKBONE}, random weights)", True
+    if str(checkpoint) == UNTRAINED:
+        return untrained_model(device), f"untrained fallback ({FALLBACK_BACKBONE}, random weights)", True
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint, device=device), str(checkpoint), False
+
+
+@dataclass
+class FaceResult:
+    box: Box  # x0, y0, x1, y1 in pixels of the (upright, possibly downscaled) image
+    score: float  # detector confidence
+    label: str
+    probabilities: dict[str, float]
+    heatmaps: dict[str, np.ndarray]  # class -> (S, S) CGLA map on the crop, in [0, 1]
+    regions: dict[str, list[DescriptionScore]]  # region -> best-matching descriptions
+    crop: Image.Image  # S x S RGB crop the maps are drawn on
+    crop_info: CropInfo
+    region_boxes: dict[str, Box] = field(default_factory=dict)  # crop pixels
+    region_masks: dict[str, np.ndarray] = field(default_factory=dict)  # on the model's patch grid
+    maps: np.ndarray | None = None  # (C, h, w) raw patch-to-class cosines
+    patch_features: torch.Tensor | None = None  # (N, D), kept for probes without another pass
+    gradcam: np.ndarray | None = None  # (S, S) in [0, 1] for the predicted class, when asked
+    gradcam_regions: dict[str, float] | None = None
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+    def to_dict(self, heatmaps: bool = False) -> dict[str, Any]:
+        """JSON-safe summary. ``heatmaps=True`` adds every class map (and Grad-CAM, if any) on
+        the model's patch grid, normalised to [0, 1], rows top to bottom; the grid covers
+        ``crop_box`` (image pixels), so upsampling it bilinearly there redraws the overlay."""
+        size = self.crop_info.size
+        data: dict[str, Any] = {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "label": self.label,
+            "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
+            "crop_box": [round(float(v), 1) for v in self.crop_info.box_to_image((0.0, 0.0, size, size))],
+            "regions": {region: [d.to_dict() for d in items] for region, items in self.regions.items()},
+        }
+        if self.gradcam_regions is not None:
+            data["gradcam_regions"] = {k: round(v, 4) for k, v in self.gradcam_regions.items()}
+        if heatmaps and self.maps is not None:
+            classes = list(self.probabilities)
+            data["heatmaps"] = {c: _grid_list(normalize_map(self.maps[i])) for i, c in enumerate(classes)}
+            if self.gradcam is not None:
+                grid = torch.from_numpy(self.gradcam)[None, None]
+                pooled = torch.nn.functional.adaptive_avg_pool2d(grid, self.maps.shape[-2:])[0, 0]
+                data["gradcam"] = _grid_list(normalize_map(pooled))
+        return data
+
+
+def _grid_list(values: np.ndarray) -> list[list[float]]:
+    return np.round(values.astype(np.float64), 3).tolist()
+
+
+class Predictor:
+    """Find, classify and explain every face in an image. Safe to share between threads.
+
+    ``checkpoint``: a checkpoint folder, an ``MPAFER`` model, ``UNTRAINED``, or None for the
+    default (see ``resolve_model``). ``untrained`` is True when predictions are not meaningful.
+    ``crop_size``: side of the crops that maps are drawn on (the model sees them resized).
+    """
+
+    def __init__(self, checkpoint: str | Path | MPAFER | None = None, device: str | torch.device = "cpu",
+                 detector: FaceDetector | None = None, max_faces: int = 10, crop_size: int = 224,
+                 margin: float = DEFAULT_MARGIN):
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+        self.model, self.source, self.untrained = resolve_model(checkpoint, device)
+        self.device = torch.device(device)
+        self.max_faces = max_faces
+        self.crop_size = crop_size
+        self.margin = margin
+        self._owns_detector = detector is None
+        self.detector = detector or FaceDetector(max_faces=max_faces)
+        self.explainer = Explainer(self.model)
+        # one model call at a time: Grad-CAM hooks the model, and CPU threads are better spent
+        # inside one batched forward than on several competing ones
+        self._lock = threading.RLock()
+        info = self.model.backbone_info
+        self._mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)
+        with self._lock, torch.no_grad():
+            self.class_features = self.model.class_text_features().features.detach().clone()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.model.classes
+
+    # ---- pipeline ----------------------------------------------------------------------------
+    def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB crops -> (B, 3, S, S) normalised with the backbone's mean and std."""
+        size = self.model.image_size
+        arrays = [np.asarray(c.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+                  for c in crops]
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+        return ((batch - self._mean) / self._std).to(self.device)
+
+    def detect(self, image: Image.Image):
+        """Faces in ``image``: the ``max_faces`` most confident, left to right."""
+        faces = self.detector.detect(image)
+        faces = sorted(faces, key=lambda f: f.score, reverse=True)[: self.max_faces]
+        return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+    def predict(self, image: Any, explain: bool = True, gradcam: bool = False,
+                max_side: int | None = DEFAULT_MAX_SIDE) -> list[FaceResult]:
+        """Every face in ``image`` (anything ``mpafer.images.load_image`` reads), left to right.
+
+        ``explain=False`` is the fast path: the heatmap of the predicted class only, and no
+        region descriptions. No face: an empty list. Unreadable input: ``ImageError``.
+        """
+        picture = load_image(image, max_side=max_side)
+        faces = self.detect(picture)
+        if not faces:
+            return []
+        crops = [crop_face(picture, face, self.crop_size, self.margin) for face in faces]
+        batch = self.preprocess([crop for crop, _ in crops])
+        with self._lock, torch.no_grad():
+            output = self.model(batch, with_text_tokens=False)  # the one forward pass
+        probabilities = output.probabilities.cpu()
+        grid = self.model.grid
+        results = []
+        for i, (face, (crop, info)) in enumerate(zip(faces, crops)):
+            predicted = int(probabilities[i].argmax())
+            boxes = face_regions(info.keypoints, self.crop_size, info.face_box)
+            masks = region_masks(boxes, *grid)
+            heatmaps = self.explainer.class_heatmaps(output.maps[i], self.crop_size,
+                                                     None if explain else [predicted])
+            regions = self.explainer.region_scores(output.patch_features[i], masks, predicted) if explain else {}
+            results.append(FaceResult(
+                box=face.box, score=face.score, label=self.classes[predicted],
+                probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i].tolist())},
+                heatmaps=heatmaps, regions=regions, crop=crop, crop_info=info,
+                region_boxes=dict(boxes), region_masks=masks,
+                maps=output.maps[i].float().cpu().numpy(),
+                patch_features=output.patch_features[i].detach().clone(),
+            ))
+        if gradcam:
+            self.add_gradcam(results)
+        return results
+
+    # ---- explanations on demand ------------------------------------------------------------
+    def class_heatmap(self, face: FaceResult, class_name: str) -> np.ndarray:
+        """The (S, S) heatmap of any class for a face, from the maps kept with it."""
+        if class_name in face.heatmaps:
+            return face.heatmaps[class_name]
+        if class_name not in self.classes or face.maps is None:
+            raise ValueError(f"unknown class {class_name!r} (classes: {', '.join(self.classes)})")
+        grid = torch.from_numpy(face.maps[self.classes.index(class_name)])
+        return normalize_map(upsample(grid, face.crop.width))
+
+    def add_gradcam(self, faces: Sequence[FaceResult], classes: Sequence[str] | None = None) -> None:
+        """Attach a Grad-CAM map (for the predicted class, or ``classes``) to each face, in place."""
+        if not faces:
+            return
+        targets = [self.classes.index(c) for c in (classes or [f.label for f in faces])]
+        batch = self.preprocess([f.crop for f in faces])
+        with self._lock:
+            maps = gradcam(self.model, batch, targets)
+        for face, cam in zip(faces, maps):
+            face.gradcam = normalize_map(upsample(torch.from_numpy(cam), face.crop.width))
+            face.gradcam_regions = region_activation(face.gradcam, face.region_masks)
+
+    def probe(self, face: FaceResult, text: str) -> ProbeResult:
+        """Where free text matches this face, and how close it is to each class."""
+        if face.patch_features is None:
+            raise ValueError("this face result has no patch features to probe")
+        with self._lock, torch.no_grad():
+            return self.explainer.probe(face.patch_features, text, face.crop.width, self.class_features,
+                                        face_mask=face.region_masks.get("face"))
+
+    def close(self) -> None:
+        """Release the face detector if this predictor created it."""
+        if self._owns_detector:
+            self.detector.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

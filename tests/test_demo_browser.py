@@ -1,0 +1,156 @@
+"""The demo in headless Chromium: upload a photo, see the label and the heatmap; stream a
+(fake) webcam showing a face and check the live view keeps up.
+
+Uses Debian's /usr/bin/chromium through pip's playwright (never `playwright install`); skips
+when either is missing. MPAFER_SCREENSHOTS=1 also saves docs/screenshots/demo.png and live.png.
+"""
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    from demo.app import LAUNCH_OPTIONS, build_app, private_temp_dir
+    from mpafer.predictor import UNTRAINED, Predictor
+
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    private_temp_dir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    predictor = Predictor(UNTRAINED)
+    demo = build_app(predictor)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        **LAUNCH_OPTIONS)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        predictor.close()
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+def write_webcam_video(path: Path, frames: int = 20) -> Path:
+    """A Y4M clip (640x480, 4:2:0) of the astronaut, drifting sideways, for Chromium's fake camera."""
+    photo = Image.open(ASTRONAUT).convert("RGB").resize((640, 640)).crop((0, 0, 640, 480))
+    with open(path, "wb") as out:
+        out.write(b"YUV4MPEG2 W640 H480 F10:1 Ip A1:1 C420jpeg\n")
+        for i in range(frames):
+            frame = photo.transform(photo.size, Image.Transform.AFFINE, (1, 0, i - frames // 2, 0, 1, 0))
+            luma, blue, red = frame.convert("YCbCr").split()
+            out.write(b"FRAME\n" + np.asarray(luma).tobytes())
+            out.write(np.asarray(blue.resize((320, 240))).tobytes() + np.asarray(red.resize((320, 240))).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(app_url, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    video = write_webcam_video(tmp_path_factory.mktemp("webcam") / "face.y4m")
+    fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                   f"--use-file-for-fake-video-capture={video}"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + fake_camera)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["camera"])
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(app_url, wait_until="domcontentloaded")
+            yield page
+        finally:
+            browser.close()
+
+
+def _save_screenshot(page, name: str, height: int = 1720) -> None:
+    """The page down to the descriptions table, palette-quantised to stay under about 200 KB."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = Image.open(BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    shot = shot.crop((0, 0, shot.width, min(shot.height, height)))
+    shot = shot.resize((1024, round(shot.height * 1024 / shot.width)), Image.Resampling.LANCZOS)
+    shot = shot.quantize(colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    shot.save(SCREENSHOTS / name, optimize=True)
+
+
+def test_upload_shows_label_heatmap_and_descriptions(page):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#untrained-banner")).to_contain_text("untrained")
+    page.locator("#photo-input input[type=file]").set_input_files(str(ASTRONAUT))
+    expect(page.locator("#message")).to_contain_text("One face", timeout=60_000)
+
+    label = page.locator("#probabilities")
+    expect(label).to_contain_text("%")
+    message = page.locator("#message").inner_text()
+    predicted = message.split(":", 1)[1].split("(")[0].strip(" *")
+    expect(label).to_contain_text(predicted)
+
+    heatmap = page.locator("#heatmap img")
+    expect(heatmap).to_be_visible()
+    assert page.evaluate("img => img.complete && img.naturalWidth", heatmap.element_handle()) == 224
+    expect(page.locator("#regions")).to_contain_text("mouth")
+    expect(page.locator("#annotated img")).to_be_visible()
+
+    if os.environ.get("MPAFER_SCREENSHOTS") == "1":
+        _save_screenshot(page, "demo.png")
+
+
+def test_live_webcam_keeps_up(page, monkeypatch):
+    """Frames from the (fake) camera are analysed at 5 or more per second on this machine."""
+    from playwright.sync_api import expect
+
+    from demo import handlers
+
+    calls = []
+    original = handlers.live
+
+    def counted(predictor, frame):
+        result = original(predictor, frame)
+        calls.append((time.monotonic(), frame is not None and result is not None))
+        return result
+
+    monkeypatch.setattr(handlers, "live", counted)  # the app looks the handler up per call
+    page.get_by_role("tab", name="Live webcam").click()
+    camera = page.locator("#live-webcam")
+    camera.get_by_role("button", name="Click to Access Webcam").click()
+    camera.locator("button", has_text="Record").click()
+    expect(page.locator("#live-output img")).to_be_visible(timeout=30_000)
+    time.sleep(1.0)  # warm-up
+    start, first = time.monotonic(), len(calls)
+    time.sleep(4.0)
+    rate = (len(calls) - first) / (time.monotonic() - start)
+    print(f"live view: {rate:.1f} frames analysed per second")  # shown with pytest -rP
+    assert rate >= 5.0, f"live view updated {rate:.1f} times a second"
+    assert all(ok for _, ok in calls[first:])
+    if os.environ.get("MPAFER_SCREENSHOTS") == "1":
+        _save_screenshot(page, "live.png", height=860)
+    camera.locator("button", has_text="Stop").click()

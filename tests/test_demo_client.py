@@ -1,0 +1,177 @@
+"""The demo served on a loopback port, called through gradio_client as a remote user would."""
+import json
+import os
+import socket
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+
+pytest.importorskip("gradio_client")
+
+ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
+GROUP = REPO / "assets" / "examples" / "group.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    from demo.app import LAUNCH_OPTIONS, build_app, private_temp_dir
+    from mpafer.predictor import UNTRAINED, Predictor
+
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    temp = private_temp_dir()
+    predictor = Predictor(UNTRAINED)
+    demo = build_app(predictor)
+    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=free_port(),
+                                                   prevent_thread_lock=True, quiet=True,
+                                                   **LAUNCH_OPTIONS)
+    try:
+        yield demo, temp
+    finally:
+        demo.close()
+        predictor.close()
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0].local_url, verbose=False)
+
+
+def analyze(client, path, gradcam=False, heat_class="happiness"):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), gradcam, heat_class, api_name="/analyze")
+
+
+def test_group_photo_end_to_end(client):
+    annotated, message, selector, label, heatmap, class_heatmap, gradcam, regions = analyze(client, GROUP)
+    assert message.startswith("**4 faces**")
+    assert [value for _, value in selector["choices"]] == [0, 1, 2, 3] and selector["visible"]
+    assert label["label"] in {c["label"] for c in label["confidences"]} and len(label["confidences"]) == 8
+    for path in (annotated, heatmap, class_heatmap):
+        assert Path(path).is_file()
+    assert gradcam["visible"] is False
+    assert regions["headers"][:2] == ["region", "description"] and regions["data"]
+
+    # the probe reads this session's analysis (server-side state)
+    image, text, scores = client.predict(index=3, text="wrinkled nose", api_name="/probe")
+    assert Path(image).is_file() and "wrinkled nose" in text and len(scores["data"]) == 8
+
+
+def test_gradcam_and_bad_upload_through_the_api(client, tmp_path):
+    *_, gradcam, _ = analyze(client, ASTRONAUT, gradcam=True)
+    assert gradcam["visible"] and Path(gradcam["value"]["path"] if isinstance(gradcam["value"], dict)
+                                       else gradcam["value"]).is_file()
+    fake = tmp_path / "photo.jpg"
+    fake.write_text("not really a photo")
+    annotated, message, *_ = analyze(client, fake)
+    assert annotated is None and "could not be read" in message and "photo.jpg" in message
+    assert "mpafer-gradio" not in message  # no server paths
+
+
+def test_page_shows_the_untrained_banner_and_uses_the_private_temp_dir(server, client):
+    demo, temp = server
+    config = json.loads(urllib.request.urlopen(demo.local_url + "config", timeout=10).read())
+    texts = [c.get("props", {}).get("value") for c in config["components"]]
+    assert any(isinstance(t, str) and "untrained" in t for t in texts)
+    analyze(client, ASTRONAUT)
+    files = [p for p in temp.rglob("*") if p.is_file()]
+    assert files, "uploads and served images live in the private temp dir"
+    assert all(str(p).startswith(str(temp)) for p in files)
+    assert demo.delete_cache is not None
+
+
+def test_served_images_are_replaced_not_rewritten_in_place(server, tmp_path):
+    """Two users getting the same picture must not truncate each other's download."""
+    from gradio import processing_utils
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (10, 200, 30))
+    first = processing_utils.save_pil_to_cache(image, str(tmp_path), format="jpeg")
+    inode = os.stat(first).st_ino
+    second = processing_utils.save_pil_to_cache(image, str(tmp_path), format="jpeg")
+    assert first == second and os.stat(second).st_ino != inode  # a reader of the first keeps a whole file
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["image.jpeg"]  # no staging files left
+
+
+def test_concurrent_users_with_the_same_photo(server):
+    import threading
+
+    from gradio_client import Client
+
+    errors, answers = [], []
+
+    def user():
+        try:
+            client = Client(server[0].local_url, verbose=False)
+            for _ in range(3):
+                answers.append(analyze(client, GROUP)[1])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=user) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(answers) == 12 and all(a.startswith("**4 faces**") for a in answers)
+
+
+def test_app_script_serves_and_removes_its_temp_dir_on_sigterm(tmp_path):
+    """`python demo/app.py` end to end: starts offline, answers, and on SIGTERM (how hosts
+    stop containers) shuts down and deletes every file it wrote."""
+    import signal
+    import subprocess
+    import time
+
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("GRADIO_TEMP_DIR", None)
+    process = subprocess.Popen([sys.executable, str(REPO / "demo" / "app.py"), "--port", str(port),
+                                "--checkpoint", "untrained"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the app did not start within 60 s"
+                time.sleep(0.3)
+        message = Client(url, verbose=False).predict(handle_file(str(ASTRONAUT)), False, "anger",
+                                                     api_name="/analyze")[1]
+        assert message.startswith("**One face:**")
+        private = list(tmp_path.glob("mpafer-gradio-*"))
+        assert len(private) == 1 and any(p.is_file() for p in private[0].rglob("*"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not list(tmp_path.glob("mpafer-gradio-*"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not (tmp_path / ".gradio").exists()

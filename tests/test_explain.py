@@ -1,0 +1,175 @@
+"""Explanations read off one forward pass: maps, description scores per region, probes, Grad-CAM."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mpafer.explain import (Explainer, description_bank, gradcam, normalize_map, overlay, region_activation,
+                            upsample)
+from mpafer.faces import face_regions, region_masks
+from mpafer.predictor import untrained_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return untrained_model()  # 112 px, 14x14 grid, ferplus bank
+
+
+@pytest.fixture(scope="module")
+def explainer(model):
+    return Explainer(model)
+
+
+@pytest.fixture(scope="module")
+def masks(model):
+    regions = face_regions({}, 224)  # canonical keypoints in a default-margin crop
+    return region_masks(regions, *model.grid)
+
+
+def test_upsample_keeps_the_grid_layout():
+    grid = torch.zeros(2, 4, 4)
+    grid[0, 0, 3] = 1.0  # top-right cell
+    grid[1] = 0.5
+    up = upsample(grid, 32)
+    assert up.shape == (2, 32, 32)
+    peak = np.unravel_index(int(up[0].argmax()), (32, 32))
+    assert peak[0] < 8 and peak[1] >= 24  # still the top-right eighth
+    assert torch.allclose(up[1], torch.full((32, 32), 0.5))
+
+
+def test_normalize_map_ranges_and_flat_maps():
+    values = np.array([[-0.2, 0.1], [0.3, 0.05]], dtype=np.float32)
+    out = normalize_map(values)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.argmax(out) == np.argmax(values)
+    assert not normalize_map(np.full((3, 3), 0.7)).any()
+    assert np.isfinite(normalize_map(np.array([np.nan, 1.0, 2.0]))).all()
+
+
+def test_overlay_blends_a_colormap_onto_the_crop():
+    crop = Image.new("RGB", (20, 20), (0, 0, 0))
+    heat = np.zeros((5, 5), dtype=np.float32)  # a different size: resized to the crop
+    same = overlay(crop, heat, alpha=0.0)
+    assert same.size == (20, 20) and same.mode == "RGB" and not np.asarray(same).any()
+    coloured = np.asarray(overlay(crop, np.ones((20, 20)), alpha=1.0, cmap="jet"))
+    assert tuple(coloured[0, 0]) == (128, 0, 0)  # the top of jet is dark red
+    grey = overlay(Image.new("L", (8, 8), 200), np.zeros((8, 8)), alpha=0.5)
+    assert grey.mode == "RGB"
+    with pytest.raises(ValueError):
+        overlay(crop, heat, alpha=1.5)
+
+
+def test_description_bank_is_one_feature_per_description_and_cached(model):
+    bank = description_bank(model)
+    detailed = [p for p in model.hard_prompts if p.granularity == "detailed"]
+    assert len(bank.items) == len({(p.class_index, p.description) for p in detailed}) > 0
+    assert bank.features.shape == (len(bank.items), model.hard_text_features().shape[1])
+    assert torch.allclose(bank.features.norm(dim=-1), torch.ones(len(bank.items)), atol=1e-5)
+    first = bank.items[0]
+    rows = [i for i, p in enumerate(model.hard_prompts)
+            if p.granularity == "detailed" and p.description == first.text and p.class_index == first.class_index]
+    expected = F.normalize(model.hard_text_features()[rows].mean(0), dim=-1)
+    assert torch.allclose(bank.features[0], expected, atol=1e-5)
+    assert description_bank(model) is bank  # computed once per model
+
+
+def test_class_heatmaps_are_the_cgla_maps_of_the_same_pass(model, explainer):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, model.image_size, model.image_size))
+    heatmaps = explainer.class_heatmaps(out.maps[0], 224)
+    assert list(heatmaps) == list(model.classes)
+    for index, name in enumerate(model.classes):
+        heat = heatmaps[name]
+        assert heat.shape == (224, 224) and heat.min() == 0.0 and heat.max() == pytest.approx(1.0)
+        assert np.allclose(heat, normalize_map(upsample(out.maps[0, index], 224)))
+    only = explainer.class_heatmaps(out.maps[0], 56, classes=[2])
+    assert list(only) == [model.classes[2]]
+
+
+def _patches_matching(model, feature, cells):
+    """(N, D) normalised patch features: ``feature`` on the masked cells, something unrelated elsewhere."""
+    torch.manual_seed(1)
+    count = model.grid[0] * model.grid[1]
+    patches = torch.randn(count, feature.shape[0])
+    patches = patches - (patches @ feature)[:, None] * feature  # orthogonal to the feature
+    patches[torch.from_numpy(cells.reshape(-1))] = feature
+    return F.normalize(patches, dim=-1)
+
+
+def test_region_scores_find_the_description_painted_into_its_region(model, explainer, masks):
+    bank = explainer.bank
+    target = next(i for i, item in enumerate(bank.items) if item.region == "mouth")
+    patches = _patches_matching(model, bank.features[target], masks["mouth"])
+    other_class = (bank.items[target].class_index + 1) % model.num_classes
+    scores = explainer.region_scores(patches, masks, predicted=other_class, per_region=3, predicted_per_region=2)
+
+    mouth = scores["mouth"]
+    best = mouth[0]
+    assert (best.text, best.class_name, best.rank) == (bank.items[target].text, bank.items[target].class_name, 1)
+    assert best.score == pytest.approx(1.0, abs=1e-4)
+    assert best.of == sum(item.region == "mouth" for item in bank.items)
+    assert [d.rank for d in mouth] == sorted(d.rank for d in mouth)  # honest order
+    favoured = [d for d in mouth if d.predicted]
+    assert len(favoured) == 2 and all(d.class_name == model.classes[other_class] for d in favoured)
+    assert set(scores) <= set(masks) and all(d.region == region for region, items in scores.items() for d in items)
+    # the same description elsewhere on the face does not score in the mouth
+    elsewhere = _patches_matching(model, bank.features[target], masks["forehead"])
+    again = explainer.region_scores(elsewhere, masks, predicted=other_class)
+    assert all(d.text != bank.items[target].text or d.score < 0.5 for d in again["mouth"])
+
+
+def test_probe_maps_free_text_without_a_forward_pass(model, explainer, masks, monkeypatch):
+    text = "wrinkled nose"
+    feature = model.encode_text([text])[0]
+    patches = _patches_matching(model, feature, masks["nose"])
+    classes = model.class_text_features().features
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a probe must reuse the patch features, not run the image encoder")
+
+    monkeypatch.setattr(model, "forward", no_forward)
+    result = explainer.probe(patches, "  wrinkled   nose ", 224, classes, face_mask=masks["face"])
+    assert result.text == text
+    assert result.heatmap.shape == (224, 224) and result.map.shape == model.grid
+    assert np.allclose(result.map[masks["nose"]], 1.0, atol=1e-4)
+    assert result.peak_activation == pytest.approx(1.0, abs=1e-4)
+    assert result.mean_activation == pytest.approx(result.map[masks["face"]].mean(), abs=1e-6)
+    expected = (feature @ classes.t()).tolist()
+    assert list(result.class_similarity.values()) == pytest.approx(expected, abs=1e-5)
+    assert result.closest_class == model.classes[int(np.argmax(expected))]
+    assert result.to_dict()["closest_class"] == result.closest_class
+    with pytest.raises(ValueError):
+        explainer.probe(patches, "   ", 224, classes)
+
+
+def test_region_activation_follows_the_heat(masks):
+    heat = np.zeros((224, 224), dtype=np.float32)
+    heat[:80] = 1.0  # the top of the crop: forehead and brows
+    means = region_activation(heat, masks)
+    assert means["forehead"] > 0.9 and means["mouth"] < 0.1
+
+
+def test_gradcam_runs_on_frozen_weights_and_leaves_no_trace(model):
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, model.image_size, model.image_size)
+    block = model.clip.visual.transformer.resblocks[-1]
+    grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    learnable = list(model.learnable_parameters().values())
+    kept = torch.full_like(learnable[0], 0.25)
+    learnable[0].grad = kept.clone()  # e.g. mid-training: Grad-CAM must not touch it
+    with torch.no_grad():
+        logits = model(images).logits
+    maps = gradcam(model, images, [0, 3])
+    assert maps.shape == (2, model.image_size, model.image_size)
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 and maps.max() > 0.0
+    assert not block._forward_hooks  # hooks released
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads_before
+    assert torch.equal(learnable[0].grad, kept)
+    assert all(p.grad is None for p in learnable[1:])
+    learnable[0].grad = None
+    with torch.no_grad():
+        assert torch.allclose(model(images).logits, logits)
+    with pytest.raises(ValueError):
+        gradcam(model, images, [0])

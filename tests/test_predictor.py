@@ -1,0 +1,178 @@
+"""Predictor: image in, one explained result per face out, from one batched forward pass."""
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from mpafer.faces import REGION_NAMES
+from mpafer.images import ImageError
+from mpafer.predictor import UNTRAINED, FaceResult, Predictor, resolve_model, untrained_model
+
+ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
+GROUP = REPO / "assets" / "examples" / "group.jpg"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    with Predictor(UNTRAINED) as shared:
+        yield shared
+
+
+@pytest.fixture
+def count_forward(predictor, monkeypatch):
+    calls = []
+    original = predictor.model.forward
+
+    def counted(images, *args, **kwargs):
+        calls.append(images.shape[0])
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(predictor.model, "forward", counted)
+    return calls
+
+
+def test_untrained_fallback_is_flagged_and_reproducible(predictor):
+    assert predictor.untrained and "untrained" in predictor.source
+    assert predictor.model.image_size == 112 and predictor.model.grid == (14, 14)
+    again = untrained_model()
+    for (name, a), b in zip(predictor.model.learnable_state_dict().items(), again.learnable_state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_astronaut_gives_one_explained_face(predictor, count_forward):
+    faces = predictor.predict(ASTRONAUT)
+    assert count_forward == [1]
+    assert len(faces) == 1
+    face = faces[0]
+    assert isinstance(face, FaceResult)
+    x0, y0, x1, y1 = face.box
+    assert 150 < (x0 + x1) / 2 < 300 and 60 < (y0 + y1) / 2 < 200  # her face, upper middle of 512x512
+    assert face.label in predictor.classes and face.label == max(face.probabilities, key=face.probabilities.get)
+    assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(face.heatmaps) == list(predictor.classes)
+    for heat in face.heatmaps.values():
+        assert heat.shape == (224, 224) and 0.0 <= heat.min() and heat.max() <= 1.0
+    assert face.crop.size == (224, 224) and face.crop.mode == "RGB"
+    assert set(face.regions) <= set(REGION_NAMES) and {"mouth", "eyes", "brows"} <= set(face.regions)
+    bank = predictor.explainer.bank.items
+    for region, items in face.regions.items():
+        written = {d.class_name for d in bank if d.region == region}
+        assert any(d.predicted for d in items) == (face.label in written)  # the prediction is favoured
+        assert [d.rank for d in items] == sorted(d.rank for d in items)
+    assert face.gradcam is None
+
+
+def test_group_is_classified_in_one_batch(predictor, count_forward):
+    faces = predictor.predict(GROUP)
+    assert len(faces) == 4
+    assert count_forward == [4]  # one forward pass for all four crops
+    assert [f.box[0] for f in faces] == sorted(f.box[0] for f in faces)
+    predictor.probe(faces[2], "wrinkled nose")
+    predictor.class_heatmap(faces[1], predictor.classes[3])
+    assert count_forward == [4]  # probes and other classes reuse the pass
+
+
+def test_results_match_the_model_on_the_same_crop(predictor):
+    face = predictor.predict(ASTRONAUT)[0]
+    with torch.no_grad():
+        direct = predictor.model(predictor.preprocess([face.crop])).probabilities[0]
+    assert list(face.probabilities.values()) == pytest.approx(direct.tolist(), abs=1e-5)
+
+
+def test_fast_path_skips_descriptions(predictor):
+    face = predictor.predict(ASTRONAUT, explain=False)[0]
+    assert list(face.heatmaps) == [face.label] and face.regions == {}
+    other = predictor.classes[(predictor.classes.index(face.label) + 1) % len(predictor.classes)]
+    assert predictor.class_heatmap(face, other).shape == (224, 224)
+    with pytest.raises(ValueError):
+        predictor.class_heatmap(face, "boredom")
+
+
+def test_no_face_and_bad_input(predictor):
+    assert predictor.predict(Image.new("RGB", (320, 240), (30, 120, 200))) == []
+    with pytest.raises(ImageError):
+        predictor.predict(b"this is not an image")
+    with pytest.raises(ImageError):
+        predictor.predict(REPO / "pyproject.toml")
+
+
+def test_gradcam_only_when_asked(predictor):
+    face = predictor.predict(ASTRONAUT, gradcam=True)[0]
+    assert face.gradcam.shape == (224, 224) and face.gradcam.max() == pytest.approx(1.0)
+    assert set(face.gradcam_regions) == set(face.region_masks)
+
+
+def test_to_dict_is_json_safe(predictor):
+    face = predictor.predict(ASTRONAUT)[0]
+    data = json.loads(json.dumps(face.to_dict()))
+    assert data["label"] == face.label and "heatmaps" not in data
+    assert len(data["box"]) == 4 and len(data["crop_box"]) == 4
+    assert data["regions"]["mouth"][0]["rank"] == 1
+    full = json.loads(json.dumps(face.to_dict(heatmaps=True)))
+    assert np.asarray(full["heatmaps"][face.label]).shape == (14, 14)
+
+
+def test_max_faces_keeps_the_most_confident(predictor):
+    small = Predictor(predictor.model, detector=predictor.detector, max_faces=2)
+    faces = small.predict(GROUP, explain=False)
+    assert len(faces) == 2
+    everyone = predictor.predict(GROUP, explain=False)
+    best = sorted(everyone, key=lambda f: -f.score)[:2]
+    assert {f.box for f in faces} == {f.box for f in best}
+
+
+def test_concurrent_calls_agree_with_serial_ones(predictor):
+    expected = [f.probabilities for f in predictor.predict(GROUP, explain=False)]
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append([f.probabilities for f in predictor.predict(GROUP, explain=False)])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 4
+    for probabilities in results:
+        for got, want in zip(probabilities, expected):
+            assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-5)
+
+
+def test_default_checkpoint_or_fallback(monkeypatch, tmp_path, tiny_model):
+    import mpafer.defaults
+    from mpafer.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(mpafer.defaults, "default_checkpoint", lambda: None)
+    model, source, untrained = resolve_model(None)
+    assert untrained and "untrained" in source
+
+    folder = save_checkpoint(tiny_model, tmp_path / "ckpt")
+    monkeypatch.setattr(mpafer.defaults, "default_checkpoint", lambda: folder)
+    model, source, untrained = resolve_model(None)
+    assert not untrained and source == str(folder)
+    assert torch.equal(model.learnable_state_dict()["visual_prompts.prompts"],
+                       tiny_model.learnable_state_dict()["visual_prompts.prompts"])
+
+
+def test_cli_json_table_and_bad_image(capsys):
+    from mpafer.cli_predict import main
+
+    assert main([str(GROUP), "--checkpoint", UNTRAINED, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["untrained"] and len(data["faces"]) == 4 and data["faces"][0]["label"] in data["classes"]
+
+    assert main([str(ASTRONAUT), "--checkpoint", UNTRAINED]) == 0
+    table = capsys.readouterr().out
+    assert "WARNING: untrained" in table and "face 1:" in table and "mouth" in table
+
+    assert main([str(REPO / "pyproject.toml")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
