@@ -69,7 +69,9 @@ def load_image(
             "load_image expects a path, bytes, a file object, a numpy array or a PIL image, "
             f"got {type(source).__name__}"
         )
-    return _shrink(image, max_side)
+    # pixels only: camera make, GPS and other EXIF never travel further (privacy); the
+    # orientation has already been applied. A fresh image also drops PIL's cached EXIF.
+    return Image.fromarray(np.asarray(_shrink(image, max_side)))
 
 
 def _from_path(path: str | os.PathLike, max_side: int | None, max_pixels: int) -> Image.Image:

@@ -263,3 +263,18 @@ def test_huge_jpeg_is_drafted_not_fully_decoded(huge_jpeg):
     assert (int(width), int(height)) == (2048, 2048)
     assert int(extra_mb) < 120, f"peak memory grew by {extra_mb} MB"
     assert float(seconds) < 5.0
+
+
+def test_metadata_such_as_exif_gps_is_dropped(tmp_path):
+    from PIL import Image as PILImage
+
+    from mpafer.images import load_image
+
+    exif = PILImage.Exif()
+    exif[0x010F] = "CameraMaker"  # Make
+    exif[0x0112] = 6  # orientation: rotate
+    path = tmp_path / "camera.jpg"
+    PILImage.new("RGB", (40, 20), (10, 200, 30)).save(path, exif=exif.tobytes())
+    image = load_image(path)
+    assert image.size == (20, 40)
+    assert "exif" not in image.info and not image.getexif()
