@@ -1,4 +1,5 @@
 import os
+from contextlib import contextmanager
 
 # Offline by construction: nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,6 +10,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
+GROUP = REPO / "assets" / "examples" / "group.jpg"
 
 
 def pytest_configure(config):
@@ -42,3 +45,38 @@ def ferplus_dir() -> Path | None:
         if candidate and (Path(candidate) / "test.npz").is_file():
             return Path(candidate)
     return None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def served_app(concurrency: int | None = None):
+    """The demo with the untrained model on a free loopback port, in this process; yields (demo, temp dir)."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from demo.app import LAUNCH_OPTIONS, build_app, private_temp_dir
+    from mpafer.predictor import UNTRAINED, Predictor
+
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    temp = private_temp_dir()
+    predictor = Predictor(UNTRAINED)
+    demo = build_app(predictor)
+    queue = demo.queue(default_concurrency_limit=concurrency) if concurrency else demo.queue()
+    queue.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                 **LAUNCH_OPTIONS)
+    try:
+        yield demo, temp
+    finally:
+        demo.close()
+        predictor.close()
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved

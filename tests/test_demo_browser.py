@@ -5,7 +5,6 @@ Uses Debian's /usr/bin/chromium through pip's playwright (never `playwright inst
 when either is missing. MPAFER_SCREENSHOTS=1 also saves docs/screenshots/demo.png and live.png.
 """
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -14,14 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import ASTRONAUT, REPO, served_app
 
 sys.path.insert(0, str(REPO))
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
 pytestmark = pytest.mark.browser
@@ -32,27 +30,8 @@ def app_url():
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    from demo.app import LAUNCH_OPTIONS, build_app, private_temp_dir
-    from mpafer.predictor import UNTRAINED, Predictor
-
-    saved = os.environ.get("GRADIO_TEMP_DIR")
-    private_temp_dir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    predictor = Predictor(UNTRAINED)
-    demo = build_app(predictor)
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        **LAUNCH_OPTIONS)
-    try:
+    with served_app() as (demo, _):
         yield demo.local_url
-    finally:
-        demo.close()
-        predictor.close()
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
 
 
 def write_webcam_video(path: Path, frames: int = 20) -> Path:

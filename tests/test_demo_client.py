@@ -1,50 +1,24 @@
 """The demo served on a loopback port, called through gradio_client as a remote user would."""
 import json
 import os
-import socket
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import ASTRONAUT, GROUP, REPO, free_port, served_app
 
 sys.path.insert(0, str(REPO))
 
 pytest.importorskip("gradio_client")
 
-ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
-GROUP = REPO / "assets" / "examples" / "group.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
-    from demo.app import LAUNCH_OPTIONS, build_app, private_temp_dir
-    from mpafer.predictor import UNTRAINED, Predictor
-
-    saved = os.environ.get("GRADIO_TEMP_DIR")
-    temp = private_temp_dir()
-    predictor = Predictor(UNTRAINED)
-    demo = build_app(predictor)
-    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=free_port(),
-                                                   prevent_thread_lock=True, quiet=True,
-                                                   **LAUNCH_OPTIONS)
-    try:
+    with served_app(concurrency=2) as (demo, temp):
         yield demo, temp
-    finally:
-        demo.close()
-        predictor.close()
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
 
 
 @pytest.fixture(scope="module")

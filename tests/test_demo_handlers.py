@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import ASTRONAUT, GROUP, REPO
 
 sys.path.insert(0, str(REPO))  # `demo` is a folder of scripts, imported from the repo root
 
 from demo import handlers  # noqa: E402
 from mpafer.predictor import UNTRAINED, Predictor  # noqa: E402
-
-ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
-GROUP = REPO / "assets" / "examples" / "group.jpg"
 
 
 @pytest.fixture(scope="module")

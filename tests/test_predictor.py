@@ -7,13 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import ASTRONAUT, GROUP, REPO
 from mpafer.faces import REGION_NAMES
 from mpafer.images import ImageError
 from mpafer.predictor import UNTRAINED, FaceResult, Predictor, resolve_model, untrained_model
 
-ASTRONAUT = REPO / "assets" / "examples" / "astronaut.jpg"
-GROUP = REPO / "assets" / "examples" / "group.jpg"
 
 
 @pytest.fixture(scope="module")

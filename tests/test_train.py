@@ -24,7 +24,7 @@ from mpafer.augment import AugmentConfig, apply_augment, as_nchw, sample_augment
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "training" / "train.py"
 TINY_CONFIG = REPO / "training" / "configs" / "tiny_cpu.yaml"
-from fakes import FERPLUS_CLASSES, PER_CLASS, make_ferplus_pack  # noqa: E402,F401
+from fakes import make_ferplus_pack  # noqa: E402
 
 
 def load_train_module():
