@@ -49,7 +49,13 @@ class CGLAScores:
 
 
 def cgla_scores(image: torch.Tensor, patches: torch.Tensor, texts: torch.Tensor, topk: int) -> CGLAScores:
-    """Global and local alignment of (B, D) images and (B, N, D) patches with (C, D) class texts."""
-    global_scores = image @ texts.to(image.dtype).t()
-    similarity = patch_text_similarity(patches, texts)
-    return CGLAScores(global_scores, topk_mean(similarity, topk), similarity)
+    """Global and local alignment of (B, D) images and (B, N, D) patches with (C, D) class texts.
+
+    Always in float32, also under bf16 autocast: at a logit scale of 100, bf16 cosines would move
+    logits by a tenth and make GPU evaluation differ from the CPU demo.
+    """
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        image, patches, texts = image.float(), patches.float(), texts.float()
+        global_scores = image @ texts.t()
+        similarity = patch_text_similarity(patches, texts)
+        return CGLAScores(global_scores, topk_mean(similarity, topk), similarity)

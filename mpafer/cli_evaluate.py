@@ -94,16 +94,20 @@ def main(argv: list[str] | None = None) -> int:
               f"or set ${defaults.CHECKPOINT_ENV}.", file=sys.stderr)
         return 2
 
-    import torch
-
     from .backbone import BackboneError
     from .checkpoint import CheckpointError, load_checkpoint, read_metadata
     from .data import load_dataset
     from .evaluate import evaluate, plot_confusion
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda was asked for but CUDA is not available here; use --device cpu", file=sys.stderr)
+    from .devices import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
         return 2
     try:
         trained_data = (read_metadata(checkpoint).get("extra") or {}).get("data") or {}

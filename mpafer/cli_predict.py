@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .predictor import Predictor
 
+    from .devices import resolve_device
+
     try:
-        predictor = Predictor(args.checkpoint, device=args.device, max_faces=args.max_faces)
+        predictor = Predictor(args.checkpoint, device=resolve_device(args.device), max_faces=args.max_faces)
     except (CheckpointError, BackboneError, ValueError) as err:
         print(f"error: cannot load the model: {err}".splitlines()[0], file=sys.stderr)
         return 2

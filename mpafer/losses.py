@@ -48,7 +48,8 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 def late_interaction(soft_tokens: torch.Tensor, soft_mask: torch.Tensor,
                      hard_tokens: torch.Tensor, hard_mask: torch.Tensor) -> torch.Tensor:
     """(C, Ls, D), (C, Ls) x (P, Lh, D), (P, Lh) -> (C, P): mean over soft tokens of the best hard-token cosine."""
-    sim = torch.einsum("cid,pjd->cpij", soft_tokens, hard_tokens.to(soft_tokens.dtype))
+    with torch.autocast(device_type=soft_tokens.device.type, enabled=False):  # float32 cosines, as CGLA
+        sim = torch.einsum("cid,pjd->cpij", soft_tokens.float(), hard_tokens.float())
     sim = sim.masked_fill(~hard_mask[None, :, None, :], float("-inf")).amax(dim=-1)  # (C, P, Ls)
     weights = soft_mask.to(sim.dtype)[:, None, :]
     return (sim.masked_fill(~soft_mask[:, None, :], 0.0) * weights).sum(-1) / weights.sum(-1).clamp_min(1)

@@ -90,18 +90,19 @@ class TextPromptLearner(nn.Module):
         super().__init__()
         num_classes = len(class_prompt_names)
         width = text.width
+        device = text.tower.token_embedding.weight.device  # the frozen tower may already be on a GPU
         with torch.no_grad():
             if ctx_init:
                 # start the context from a hand-written phrase, as CoOp's "a photo of a"
-                init_tokens = tokenizer([ctx_init])
+                init_tokens = tokenizer([ctx_init]).to(device)
                 n_ctx = int(eot_positions(init_tokens)[0]) - 1
                 init = text.embed(init_tokens)[0, 1:1 + n_ctx].float()
                 ctx = init.expand(num_classes, -1, -1).clone() if class_specific else init.clone()
             else:
                 shape = (num_classes, n_ctx, width) if class_specific else (n_ctx, width)
-                ctx = torch.empty(shape).normal_(std=0.02)
+                ctx = torch.empty(shape).normal_(std=0.02).to(device)  # drawn on the CPU: same values anywhere
             placeholder = " ".join(["X"] * n_ctx)
-            tokens = tokenizer([f"{placeholder} {name}." for name in class_prompt_names])
+            tokens = tokenizer([f"{placeholder} {name}." for name in class_prompt_names]).to(device)
             embedding = text.embed(tokens).float()
         if bool(tokens[:, -1].ne(0).any()):  # the tokenizer truncated a prompt to fit
             raise ValueError("a class prompt is longer than the text encoder's context length")

@@ -132,3 +132,19 @@ def test_real_ferplus_test_split_through_a_tiny_model(tiny_checkpoint, capsys):
     assert metrics["n"] == 3152
     assert sum(map(sum, metrics["confusion"])) == 3152
     assert sum(row["support"] for row in metrics["per_class"].values()) == 3152
+
+
+def test_bad_device_and_batch_size_are_one_line_errors(tiny_checkpoint, capsys):
+    from mpafer.cli_evaluate import main
+
+    common = ["--dataset", "ferplus", "--data", "nowhere", "--split", "test", "--checkpoint", str(tiny_checkpoint)]
+    assert main([*common, "--device", "xpu9"]) == 2
+    assert "unknown device 'xpu9'" in capsys.readouterr().err
+    assert main([*common, "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+    from mpafer.devices import resolve_device
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

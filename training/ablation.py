@@ -80,8 +80,9 @@ def main(argv=None) -> int:
         if index == 0:
             model = zero_shot_model(train, args.config, args.data, args.set + overrides)
         else:
+            # --resume: a re-run after a late failure continues the finished rows instead of refusing
             code = train.main(["--config", args.config, "--data", args.data, "--out", str(row_dir), "--no-progress",
-                               *common, "--set", *args.set, *overrides])
+                               "--resume", *common, "--set", *args.set, *overrides])
             if code != 0:
                 raise SystemExit(f"row {name!r} failed (train.py exit {code})")
             model = load_checkpoint(row_dir / "best")

@@ -4,9 +4,9 @@
 
 Copies the backbone's 'local-dir:' folder into ``<out>/backbone`` (float16 unless --keep-dtype)
 and rewrites the checkpoint so that it refers to it by a relative path: the bundle moves as one
-folder. The backbone fingerprint is checked after the copy, so an fp16 copy that changed the
-model's behaviour is caught; the checkpoint is re-saved with the fingerprint of the weights as
-stored.
+folder. The prompts are re-attached to the weights as stored (fp16-rounded), the fixed
+hard-prompt features are recomputed from them, and the checkpoint records the stored weights'
+fingerprint, so the bundle loads with the usual fingerprint check.
 """
 from __future__ import annotations
 

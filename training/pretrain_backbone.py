@@ -189,13 +189,17 @@ def main(argv=None) -> int:
         for epoch in range(args.epochs):
             order = torch.randperm(len(images), generator=generator).to(device)
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
-            loss_sum, correct, seen, tick = 0.0, 0, 0, time.perf_counter()
+            # running sums stay on the device: reading them syncs the GPU, so only every 50 steps
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen, tick = 0, time.perf_counter()
             for step in bar:
                 index = order[step * batch_size:(step + 1) * batch_size]
                 x = augment(images[index], size, mean, std, aug, generator)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
                     pooled, patches = encode_images(x)
-                    text = F.normalize(model.encode_text(tokens[sampler().to(device)]).float(), dim=-1)
+                    text = F.normalize(model.encode_text(tokens[sampler().to(device, non_blocking=True)]).float(),
+                                       dim=-1)
                 scores = cgla_scores(F.normalize(pooled.float(), dim=-1), F.normalize(patches.float(), dim=-1),
                                      text, args.topk)
                 logits = model.logit_scale.exp().clamp(max=100) * scores.combined()
@@ -204,12 +208,15 @@ def main(argv=None) -> int:
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum += float(loss.detach()) * len(index)
-                correct += int((logits.argmax(-1) == targets[index].argmax(-1)).sum())
+                loss_sum += loss.detach() * len(index)
+                correct += (logits.argmax(-1) == targets[index].argmax(-1)).sum()
                 seen += len(index)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - tick):.0f}")
-            text_eval = class_text(model, tokens, owner, num_classes)
+                if step % 50 == 0 or step == steps_per_epoch - 1:
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - tick):.0f}")
+            loss_sum, correct = float(loss_sum), int(correct)
+            with torch.no_grad():
+                text_eval = class_text(model, tokens, owner, num_classes)
             valid_acc = evaluate(model, valid_images, valid_labels, text_eval, size, mean, std, args.topk, device)
             row = [epoch + 1, loss_sum / seen, correct / seen, valid_acc, scheduler.get_last_lr()[0],
                    time.perf_counter() - started]
