@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .augment import to_model_input
 from .backbone import BackboneConfig
 from .explain import DescriptionScore, Explainer, ProbeResult, gradcam, normalize_map, region_activation, upsample
 from .faces import DEFAULT_MARGIN, Box, CropInfo, FaceDetector, crop_face, face_regions, region_masks
@@ -138,9 +139,6 @@ class Predictor:
         # one model call at a time: Grad-CAM hooks the model, and CPU threads are better spent
         # inside one batched forward than on several competing ones
         self._lock = threading.RLock()
-        info = self.model.backbone_info
-        self._mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)
         with self._lock, torch.no_grad():
             self.class_features = self.model.class_text_features().features.detach().clone()
 
@@ -150,12 +148,10 @@ class Predictor:
 
     # ---- pipeline ----------------------------------------------------------------------------
     def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB crops -> (B, 3, S, S) normalised with the backbone's mean and std."""
-        size = self.model.image_size
-        arrays = [np.asarray(c.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-                  for c in crops]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-        return ((batch - self._mean) / self._std).to(self.device)
+        """RGB crops -> (B, 3, S, S) model input, prepared exactly as evaluation prepares faces."""
+        pixels = np.stack([np.asarray(c.convert("RGB")) for c in crops])  # all crop_size x crop_size
+        info = self.model.backbone_info
+        return to_model_input(pixels, self.model.image_size, info.mean, info.std, device=self.device)
 
     def detect(self, image: Image.Image):
         """Faces in ``image``: the ``max_faces`` most confident, left to right."""

@@ -80,3 +80,23 @@ def served_app(concurrency: int | None = None):
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
             os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+def run_in_threads(work, threads: int = 4) -> list[BaseException]:
+    """Run ``work()`` in several threads at once; the exceptions they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded():
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - returned to the test, which asserts on it
+            errors.append(exc)
+
+    pool = [threading.Thread(target=guarded) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return errors

@@ -3,12 +3,12 @@
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from conftest import run_in_threads
 
 from mpafer.faces import (
     KEYPOINT_NAMES,
@@ -129,20 +129,13 @@ def test_grayscale_input(detector, astronaut):
 
 
 def test_detect_from_threads(detector, astronaut):
-    counts, errors = [], []
+    counts = []
 
     def work():
-        try:
-            for _ in range(3):
-                counts.append(len(detector.detect(astronaut)))
-        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
-            errors.append(exc)
+        for _ in range(3):
+            counts.append(len(detector.detect(astronaut)))
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = run_in_threads(work)
     assert not errors and counts == [1] * 12
 
 

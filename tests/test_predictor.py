@@ -1,13 +1,12 @@
 """Predictor: image in, one explained result per face out, from one batched forward pass."""
 import json
-import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ASTRONAUT, GROUP, REPO
+from conftest import ASTRONAUT, GROUP, REPO, run_in_threads
 from mpafer.faces import REGION_NAMES
 from mpafer.images import ImageError
 from mpafer.predictor import UNTRAINED, FaceResult, Predictor, resolve_model, untrained_model
@@ -125,19 +124,9 @@ def test_max_faces_keeps_the_most_confident(predictor):
 
 def test_concurrent_calls_agree_with_serial_ones(predictor):
     expected = [f.probabilities for f in predictor.predict(GROUP, explain=False)]
-    results, errors = [], []
-
-    def work():
-        try:
-            results.append([f.probabilities for f in predictor.predict(GROUP, explain=False)])
-        except Exception as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = []
+    errors = run_in_threads(
+        lambda: results.append([f.probabilities for f in predictor.predict(GROUP, explain=False)]))
     assert not errors and len(results) == 4
     for probabilities in results:
         for got, want in zip(probabilities, expected):
