@@ -126,6 +126,7 @@ def build_app(predictor):
     import gradio as gr
 
     from demo import handlers
+    from mpafer.tracking import FaceTracker
 
     atomic_image_cache()
 
@@ -140,8 +141,10 @@ def build_app(predictor):
     def probe(session, index, text):
         return handlers.probe(predictor, session, index, text)
 
-    def live(frame):
-        return handlers.live(predictor, frame)
+    def live(frame, tracker):
+        # one FaceTracker per tab's stream (kept in gr.State): labels smoothed over ~0.5 s per face
+        tracker = tracker if isinstance(tracker, FaceTracker) else FaceTracker()
+        return handlers.live(predictor, frame, tracker), tracker
 
     with gr.Blocks(title="MPA-FER: facial expressions, explained",
                    delete_cache=(CACHE_EVERY_S, CACHE_AGE_S)) as demo:
@@ -197,6 +200,7 @@ def build_app(predictor):
                                   elem_id="live-webcam")
                 live_out = gr.Image(label="Live expression", interactive=False, elem_id="live-output",
                                     format=SERVED_FORMAT)
+            live_tracker = gr.State(None, time_to_live=STATE_TTL_S)
         gr.Markdown(PRIVACY)
 
         face_panel = [probabilities, heatmap, class_heatmap, gradcam_image, regions]
@@ -212,8 +216,8 @@ def build_app(predictor):
         probe_io = ([session, face_selector, probe_text], [probe_image, probe_message, probe_scores])
         probe_button.click(probe, *probe_io, api_name="probe")
         probe_text.submit(probe, *probe_io, api_name=False)
-        webcam.stream(live, [webcam], [live_out], stream_every=LIVE_STREAM_EVERY_S, time_limit=600,
-                      concurrency_limit=CONCURRENCY, show_progress="hidden", api_name="live")
+        webcam.stream(live, [webcam, live_tracker], [live_out, live_tracker], stream_every=LIVE_STREAM_EVERY_S,
+                      time_limit=600, concurrency_limit=CONCURRENCY, show_progress="hidden", api_name="live")
     return demo
 
 

@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import open_clip
 import torch
@@ -29,6 +30,7 @@ from open_clip.transform import PreprocessCfg
 from torch import nn
 
 from .stems import build_stem
+from .text_tower import resolve_hf_name
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 STEM_KEY = "mpafer_stem"  # our one extension of open_clip's config format
@@ -183,25 +185,80 @@ def _find_weights(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
+HF_TEXT_PREFIX = "text.transformer."  # a pretrained HF text tower's own weights: never in our files
+
+
+def pretrained_hf_text(model_cfg: dict[str, Any]) -> bool:
+    """True when the text tower is a pretrained Hugging Face model loaded from its own files."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    return bool(text_cfg.get("hf_model_name")) and text_cfg.get("hf_model_pretrained", True)
+
+
+def _resolve_text_cfg(cfg: dict[str, Any]) -> None:
+    text_cfg = cfg.get("text_cfg", {})
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if text_cfg.get(key):
+            text_cfg[key] = resolve_hf_name(text_cfg[key])
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers prints a load report and a progress bar for every tower it builds; keep the
+    demo's and the CLI's output clean (errors still raise)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_weights(model: nn.Module, weights: Path, skip_prefix: str | None) -> None:
+    try:
+        if skip_prefix is None:
+            open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
+            return
+        result = open_clip.load_checkpoint(model, str(weights), strict=False, weights_only=True)
+    except Exception as err:  # safetensors/torch raise many types; say which file and why
+        raise BackboneError(f"cannot load weights {weights} into this architecture: {err}") from err
+    # the pretrained text tower came from its own verified files; everything else must be in ours
+    missing = [k for k in result.missing_keys if not k.startswith(skip_prefix)]
+    if missing or result.unexpected_keys:
+        raise BackboneError(f"cannot load weights {weights} into this architecture: missing {missing[:5]}, "
+                            f"unexpected {list(result.unexpected_keys)[:5]}")
+
+
 def build_from_config(model_cfg: dict[str, Any], weights: Path | None = None,
                       image_size: int | None = None) -> nn.Module:
-    """Build a CLIP from a plain config dict (our stem extension allowed) and load its weights."""
+    """Build a CLIP from a plain config dict (our stem extension allowed) and load its weights.
+
+    A pretrained Hugging Face text tower (``hf_model_name``, e.g. ``packaged:all-MiniLM-L6-v2``)
+    is loaded from its own files; ``weights`` then holds everything else.
+    """
     cfg = copy.deepcopy(model_cfg)
     stem_cfg = cfg.pop(STEM_KEY, None)
     custom_text = cfg.pop("custom_text", False)
+    cfg.pop("mpafer_text_sha256", None)  # provenance only
+    _resolve_text_cfg(cfg)
     if image_size is not None:
         cfg["vision_cfg"]["image_size"] = image_size
     model_class = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
-    model = model_class(**cfg)
+    with quiet_transformers():
+        model = model_class(**cfg)
     if stem_cfg is not None:
         visual = model.visual
         visual.conv1 = build_stem(stem_cfg, out_channels=visual.conv1.out_channels,
                                   stride=visual.patch_size[0])
     if weights is not None:
-        try:
-            open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
-        except Exception as err:  # safetensors/torch raise many types; say which file and why
-            raise BackboneError(f"cannot load weights {weights} into this architecture: {err}") from err
+        _load_weights(model, weights, HF_TEXT_PREFIX if pretrained_hf_text(model_cfg) else None)
     return model
 
 
@@ -263,7 +320,7 @@ def weight_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
     return digest.hexdigest()[:16]
 
 
-def _tokenizer_for(model: nn.Module, config: BackboneConfig):
+def tokenizer_for(model: nn.Module, config: BackboneConfig):
     context_length = getattr(model, "context_length", None) or 77
     if config.model_name.startswith("hf-hub:"):
         return open_clip.get_tokenizer(config.model_name, cache_dir=config.cache_dir)
@@ -273,8 +330,11 @@ def _tokenizer_for(model: nn.Module, config: BackboneConfig):
         text_cfg = _read_json(folder / "open_clip_config.json")["model_cfg"].get("text_cfg", {})
     else:
         text_cfg = (open_clip.get_model_config(config.model_name) or {}).get("text_cfg", {})
-    if "hf_tokenizer_name" in text_cfg:
-        raise BackboneError(f"{config.model_name}: Hugging Face text towers are not supported by mpafer")
+    if text_cfg.get("hf_tokenizer_name"):
+        from open_clip.tokenizer import HFTokenizer
+
+        return HFTokenizer(resolve_hf_name(text_cfg["hf_tokenizer_name"]),
+                           context_length=int(text_cfg.get("context_length", 77)))
     return open_clip.SimpleTokenizer(context_length=context_length)
 
 
@@ -296,7 +356,7 @@ def load_backbone(config: BackboneConfig | str, device: str | torch.device = "cp
     return Backbone(
         model=model,
         config=config,
-        tokenizer=_tokenizer_for(model, config),
+        tokenizer=tokenizer_for(model, config),
         image_size=int(image_size),
         mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
@@ -314,12 +374,15 @@ def save_model_folder(model: nn.Module, model_cfg: dict[str, Any], folder: str |
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    skip = HF_TEXT_PREFIX if pretrained_hf_text(model_cfg) else None  # rebuilt from its own files
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     tmp = folder / "open_clip_config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, folder / "open_clip_config.json")
     state = {}
     for key, value in model.state_dict().items():
+        if skip and key.startswith(skip):
+            continue
         value = value.detach().cpu()
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)

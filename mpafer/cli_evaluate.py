@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object with every metric")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--tta-flip", action="store_true",
-                        help="average each face's prediction with its mirror image's")
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each face's prediction with its mirror image's "
+                             "(default: as the checkpoint's input protocol says)")
     parser.add_argument("--confusion", metavar="PATH.png", help="also save the confusion matrix as a PNG")
     parser.add_argument("--image-size", type=_image_size, default=None,
                         help="size faces are decoded at before the model resizes them: pixels or 'native' "

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import to_model_input
+from .input_protocol import to_grey
 
 
 def class_order(model_classes: Sequence[str], data_classes: Sequence[str]) -> list[int]:
@@ -35,12 +36,16 @@ def _autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def predict_probabilities(model, images, batch_size: int = 256, tta_flip: bool = False,
+def predict_probabilities(model, images, batch_size: int = 256, tta_flip: bool | None = None,
                           progress: bool = True, desc: str = "evaluate") -> torch.Tensor:
     """(N, C) class probabilities on the CPU, in the model's class order, for uint8 images.
 
-    With ``tta_flip`` each image's probabilities are averaged with its mirror image's.
+    With ``tta_flip`` each image's probabilities are averaged with its mirror image's; None follows
+    the model's input protocol, which also says whether faces are turned grey first.
     """
+    protocol = model.config.input
+    if tta_flip is None:
+        tta_flip = protocol.tta_flip
     device = model.device
     size, mean, std = model.image_size, model.backbone_info.mean, model.backbone_info.std
     was_training = model.training
@@ -52,6 +57,8 @@ def predict_probabilities(model, images, batch_size: int = 256, tta_flip: bool =
             batch = images[start:start + batch_size]
             if isinstance(batch, np.ndarray):
                 batch = torch.from_numpy(np.ascontiguousarray(batch))
+            if protocol.grey and batch.shape[-1] == 3:  # channels-last colour faces
+                batch = to_grey(batch)
             x = to_model_input(batch, size, mean, std, device=device)
             with _autocast(device):
                 probs = model(x).probabilities
@@ -105,7 +112,7 @@ def classification_metrics(labels: Sequence[int] | np.ndarray, predictions: Sequ
 
 
 def evaluate(model, dataset, batch_size: int = 256, device: str | torch.device | None = None,
-             tta_flip: bool = False, progress: bool = True) -> dict[str, Any]:
+             tta_flip: bool | None = None, progress: bool = True) -> dict[str, Any]:
     """Metrics of ``model`` on ``dataset`` (see classification_metrics), in the dataset's class order.
 
     ``device`` moves the model there first (default: where it already is).
@@ -117,7 +124,7 @@ def evaluate(model, dataset, batch_size: int = 256, device: str | torch.device |
     predictions = probs[:, order].argmax(dim=1).numpy()
     labels = dataset.labels.cpu().numpy() if torch.is_tensor(dataset.labels) else np.asarray(dataset.labels)
     metrics = classification_metrics(labels, predictions, dataset.classes)
-    metrics["tta_flip"] = bool(tta_flip)
+    metrics["tta_flip"] = bool(model.config.input.tta_flip if tta_flip is None else tta_flip)
     return metrics
 
 

@@ -1,13 +1,16 @@
 """The MPA-FER objective: L = CE(CGLA logits) + beta * (L_ta + L_pa) + gamma * L_v.
 
-* L_ta, token-level soft-hard alignment: each class's soft prompt, token by token, should
-  resemble the hard prompts of its own class more than those of other classes. The similarity
-  of a soft prompt to a hard prompt is late interaction (each soft token's best match among the
-  hard prompt's tokens, averaged), and classes compete through a softmax with temperature.
+* L_ta, token-level soft-hard alignment, contrastive per hard prompt (the paper's form): each
+  hard prompt d of class y_d picks its class among the C soft prompts,
+  -log softmax_c(sim(t_c, t*_d) / tau)[y_d], averaged over every hard prompt. sim is late
+  interaction: each (masked) soft token's best cosine among the hard prompt's tokens, averaged.
 * L_pa, prompt-level alignment: the soft prompt's text feature against the mean feature of its
-  class's hard prompts, as an element-wise L1 distance or a symmetric contrastive loss.
+  class's hard prompts, as an L1 distance or a symmetric contrastive loss.
 * L_v, prototype alignment: the prompted global image feature is pulled to the frozen encoder's
   prototype of its class (L1 or cosine), which keeps the pretrained behaviour.
+The L1 variants are per-sample distances (``l1_reduction="sum"``: summed over the feature
+dimension, averaged over classes or images); "mean" averages over every element instead, about
+1/D of that, which left the regularisers nearly inert at D = 512 (kept for comparison).
 All features here are L2-normalised before they arrive.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ class LossConfig:
     prompt_mode: str = "l1"  # "l1" or "contrastive"
     prompt_temperature: float = 0.07
     prototype_mode: str = "l1"  # "l1" or "cosine"
+    l1_reduction: str = "sum"  # L1 variants: "sum" over D then mean over samples (a distance), or "mean"
     label_smoothing: float = 0.0
 
     def __post_init__(self):
@@ -35,6 +39,8 @@ class LossConfig:
             raise ValueError(f"prompt_mode must be 'l1' or 'contrastive', got {self.prompt_mode!r}")
         if self.prototype_mode not in ("l1", "cosine"):
             raise ValueError(f"prototype_mode must be 'l1' or 'cosine', got {self.prototype_mode!r}")
+        if self.l1_reduction not in ("sum", "mean"):
+            raise ValueError(f"l1_reduction must be 'sum' or 'mean', got {self.l1_reduction!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,27 +61,28 @@ def late_interaction(soft_tokens: torch.Tensor, soft_mask: torch.Tensor,
     return (sim.masked_fill(~soft_mask[:, None, :], 0.0) * weights).sum(-1) / weights.sum(-1).clamp_min(1)
 
 
-def class_mean(values: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Average the last-but-one axis of (..., P) values over the P items of each class -> (..., C)."""
-    one_hot = F.one_hot(owner, num_classes).to(values.dtype)  # (P, C)
-    return (values @ one_hot) / one_hot.sum(0).clamp_min(1)
-
-
 def token_alignment_loss(soft_tokens: torch.Tensor, soft_mask: torch.Tensor, hard_tokens: torch.Tensor,
                          hard_mask: torch.Tensor, hard_class: torch.Tensor, temperature: float) -> torch.Tensor:
-    """L_ta: contrastive over classes of the soft-to-hard late-interaction similarity."""
-    num_classes = soft_tokens.shape[0]
+    """L_ta: for each of the P hard prompts, cross-entropy over the C soft prompts; mean over prompts."""
     per_prompt = late_interaction(soft_tokens, soft_mask, hard_tokens, hard_mask)  # (C, P)
-    per_class = class_mean(per_prompt, hard_class, num_classes)  # (C, C)
-    target = torch.arange(num_classes, device=soft_tokens.device)
-    return F.cross_entropy(per_class.float() / temperature, target)
+    return F.cross_entropy(per_prompt.t().float() / temperature, hard_class.to(per_prompt.device))
+
+
+def l1_distance(a: torch.Tensor, b: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Mean over rows of the L1 distance between (N, D) rows ("sum"), or the element mean ("mean")."""
+    diff = (a.float() - b.float()).abs()
+    if reduction == "sum":
+        return diff.sum(-1).mean()
+    if reduction == "mean":
+        return diff.mean()
+    raise ValueError(f"unknown L1 reduction {reduction!r}")
 
 
 def prompt_alignment_loss(soft: torch.Tensor, hard: torch.Tensor, mode: str = "l1",
-                          temperature: float = 0.07) -> torch.Tensor:
+                          temperature: float = 0.07, l1_reduction: str = "sum") -> torch.Tensor:
     """L_pa between (C, D) soft-prompt features and (C, D) class-mean hard-prompt features."""
     if mode == "l1":
-        return F.l1_loss(soft.float(), hard.float())
+        return l1_distance(soft, hard, l1_reduction)
     if mode == "contrastive":
         logits = soft.float() @ hard.float().t() / temperature
         target = torch.arange(soft.shape[0], device=soft.device)
@@ -91,11 +98,11 @@ def target_prototypes(prototypes: torch.Tensor, targets: torch.Tensor) -> torch.
 
 
 def prototype_alignment_loss(features: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
-                             mode: str = "l1") -> torch.Tensor:
+                             mode: str = "l1", l1_reduction: str = "sum") -> torch.Tensor:
     """L_v between (B, D) prompted global features and (C, D) frozen class prototypes."""
     target = target_prototypes(prototypes, targets).to(features.dtype)
     if mode == "l1":
-        return F.l1_loss(features.float(), target.float())
+        return l1_distance(features, target, l1_reduction)
     if mode == "cosine":
         return (1.0 - F.cosine_similarity(features.float(), target.float(), dim=-1)).mean()
     raise ValueError(f"unknown prototype alignment mode {mode!r}")

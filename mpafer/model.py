@@ -16,8 +16,9 @@ from torch import nn
 from .backbone import Backbone, BackboneConfig, load_backbone
 from .cgla import cgla_scores, patch_text_similarity, to_grid
 from .descriptions import HardPrompt, load_bank
+from .input_protocol import InputProtocol
 from .losses import LossConfig
-from .prompts import (DeepVisualPrompts, TextEncoder, TextPromptLearner, content_mask, encode_image,
+from .prompts import (DeepVisualPrompts, TextPromptLearner, content_mask, encode_image, text_encoder_for,
                       normalize)
 
 
@@ -37,10 +38,12 @@ class MPAFERConfig:
     use_local: bool = True
     logit_scale: float | None = None  # None: the backbone's own (capped at 100)
     loss: LossConfig = field(default_factory=LossConfig)
+    input: InputProtocol = field(default_factory=InputProtocol)  # how faces are prepared for it
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["backbone"] = self.backbone.to_dict()
+        data["input"] = InputProtocol.from_dict(self.input).to_dict()
         return data
 
     @classmethod
@@ -48,12 +51,13 @@ class MPAFERConfig:
         data = dict(data)
         backbone = data.pop("backbone")
         loss = data.pop("loss", {}) or {}
+        protocol = InputProtocol.from_dict(data.pop("input", None))  # absent in older checkpoints
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown MPA-FER config keys: {sorted(unknown)}")
         return cls(backbone=backbone if isinstance(backbone, BackboneConfig) else BackboneConfig.from_dict(backbone),
-                   loss=loss if isinstance(loss, LossConfig) else LossConfig(**loss), **data)
+                   loss=loss if isinstance(loss, LossConfig) else LossConfig(**loss), input=protocol, **data)
 
 
 @dataclass
@@ -88,7 +92,7 @@ class MPAFER(nn.Module):
         self.classes = tuple(classes)
         self.prompt_names = tuple(prompt_names)
         self.hard_prompts = tuple(hard_prompts)
-        self.text = TextEncoder(self.clip)
+        self.text = text_encoder_for(self.clip)
         self.tokenizer = backbone.tokenizer
         visual = self.clip.visual
 
@@ -125,6 +129,12 @@ class MPAFER(nn.Module):
         return self.clip.logit_scale.device
 
     @property
+    def embed_dim(self) -> int:
+        """Width of the joint image-text space."""
+        proj = self.clip.visual.proj
+        return int(proj.shape[-1]) if proj is not None else int(self.clip.visual.transformer.width)
+
+    @property
     def image_size(self) -> int:
         return self.backbone_info.image_size
 
@@ -154,7 +164,7 @@ class MPAFER(nn.Module):
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
             chunks.append(normalize(self.text.encode_tokens(tokens)))
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.clip.text_projection.shape[-1])
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=self.device)
 
     def hard_text_features(self) -> torch.Tensor:
         """(P, D) features of every hard prompt, computed once from the frozen text encoder."""

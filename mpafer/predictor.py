@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 
 from .augment import to_model_input
+from .input_protocol import to_grey
 from .backbone import BackboneConfig
 from .explain import DescriptionScore, Explainer, ProbeResult, gradcam, normalize_map, region_activation, upsample
-from .faces import DEFAULT_MARGIN, Box, CropInfo, FaceDetector, crop_face, face_regions, region_masks
+from .faces import (DEFAULT_MARGIN, DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, crop_face,
+                    face_regions, limit_faces, region_masks)
 from .images import DEFAULT_MAX_SIDE, load_image
 from .model import MPAFER, MPAFERConfig, create_model
 
@@ -115,6 +117,32 @@ def _grid_list(values: np.ndarray) -> list[list[float]]:
     return np.round(values.astype(np.float64), 3).tolist()
 
 
+@dataclass
+class CropPrediction:
+    """A face that came already cropped: its label, probabilities and (C, H, W) class maps."""
+
+    label: str
+    probabilities: dict[str, float]
+    maps: np.ndarray
+
+
+def _square(image: Image.Image, side: int) -> Image.Image:
+    """An RGB copy at side x side: one antialiased resize from any crop size (PIL, as the
+    dataset decoder makes its faces), so the model never sees a second resampling."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    if rgb.size != (side, side):
+        rgb = rgb.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return rgb
+
+
+def _first(output, n: int):
+    """The first n rows of a model output (the unflipped half of a TTA batch)."""
+    from dataclasses import fields as dc_fields, replace
+
+    values = {f.name: getattr(output, f.name)[:n] for f in dc_fields(output) if f.name != "text"}
+    return replace(output, **values)
+
+
 class Predictor:
     """Find, classify and explain every face in an image. Safe to share between threads.
 
@@ -124,15 +152,16 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: str | Path | MPAFER | None = None, device: str | torch.device = "cpu",
-                 detector: FaceDetector | None = None, max_faces: int = 10, crop_size: int = 224,
-                 margin: float = DEFAULT_MARGIN):
+                 detector: FaceDetector | None = None, max_faces: int = DEFAULT_MAX_FACES, crop_size: int = 224,
+                 margin: float | None = None):
         if max_faces < 1:
             raise ValueError(f"max_faces must be at least 1, got {max_faces}")
         self.model, self.source, self.untrained = resolve_model(checkpoint, device)
         self.device = torch.device(device)
         self.max_faces = max_faces
         self.crop_size = crop_size
-        self.margin = margin
+        self.protocol = self.model.config.input  # grey, framing and flip TTA, as the model was trained
+        self.margin = self.protocol.margin if margin is None else margin
         self._owns_detector = detector is None
         self.detector = detector or FaceDetector(max_faces=max_faces)
         self.explainer = Explainer(self.model)
@@ -148,20 +177,48 @@ class Predictor:
 
     # ---- pipeline ----------------------------------------------------------------------------
     def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB crops -> (B, 3, S, S) model input, prepared exactly as evaluation prepares faces."""
-        pixels = np.stack([np.asarray(c.convert("RGB")) for c in crops])  # all crop_size x crop_size
+        """RGB crops -> (B, 3, S, S) model input, prepared exactly as evaluation prepares faces
+        (grey when the model's input protocol says so)."""
+        side = self.model.image_size
+        pixels = np.stack([np.asarray(_square(c, side)) for c in crops])
+        if self.protocol.grey:
+            pixels = to_grey(pixels)
         info = self.model.backbone_info
-        return to_model_input(pixels, self.model.image_size, info.mean, info.std, device=self.device)
+        return to_model_input(pixels, side, info.mean, info.std, device=self.device)
 
-    def detect(self, image: Image.Image):
-        """Faces in ``image``: the ``max_faces`` most confident, left to right."""
-        faces = self.detector.detect(image)
-        faces = sorted(faces, key=lambda f: f.score, reverse=True)[: self.max_faces]
-        return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+    def forward(self, batch: torch.Tensor):
+        """The one forward pass of a batch; with the protocol's flip TTA the mirrored copies ride
+        along in the same batch and their probabilities are averaged in (maps stay unflipped)."""
+        with self._lock, torch.no_grad():
+            if not self.protocol.tta_flip:
+                output = self.model(batch, with_text_tokens=False)
+                return output, output.probabilities.cpu()
+            both = self.model(torch.cat([batch, batch.flip(-1)]), with_text_tokens=False)
+        n = batch.shape[0]
+        probabilities = (both.probabilities[:n] + both.probabilities[n:]).cpu() / 2
+        return _first(both, n), probabilities
+
+    def predict_crops(self, crops: Sequence[Any]) -> list[CropPrediction]:
+        """Classify faces that are already cropped (your own detector, a dataset): one result each,
+        prepared with the same protocol as detected faces. Images: anything ``load_image`` reads."""
+        pictures = [load_image(c) for c in crops]
+        if not pictures:
+            return []
+        output, probabilities = self.forward(self.preprocess(pictures))
+        return [CropPrediction(label=self.classes[int(p.argmax())],
+                               probabilities={c: float(v) for c, v in zip(self.classes, p.tolist())},
+                               maps=output.maps[i].float().cpu().numpy())
+                for i, p in enumerate(probabilities)]
+
+    def detect(self, image: Image.Image) -> FaceList:
+        """Faces in ``image``: at most ``max_faces`` (the largest), in reading order (rows top
+        to bottom, each left to right); ``.found`` counts every face the detector found."""
+        return limit_faces(self.detector.detect(image), self.max_faces)
 
     def predict(self, image: Any, explain: bool = True, gradcam: bool = False,
                 max_side: int | None = DEFAULT_MAX_SIDE) -> list[FaceResult]:
-        """Every face in ``image`` (anything ``mpafer.images.load_image`` reads), left to right.
+        """Every face in ``image`` (anything ``mpafer.images.load_image`` reads), in reading
+        order, at most ``max_faces`` (the largest); the list's ``found`` counts all faces found.
 
         ``explain=False`` is the fast path: the heatmap of the predicted class only, and no
         region descriptions. No face: an empty list. Unreadable input: ``ImageError``.
@@ -169,12 +226,10 @@ class Predictor:
         picture = load_image(image, max_side=max_side)
         faces = self.detect(picture)
         if not faces:
-            return []
-        crops = [crop_face(picture, face, self.crop_size, self.margin) for face in faces]
-        batch = self.preprocess([crop for crop, _ in crops])
-        with self._lock, torch.no_grad():
-            output = self.model(batch, with_text_tokens=False)  # the one forward pass
-        probabilities = output.probabilities.cpu()
+            return FaceList()
+        crops = [crop_face(picture, face, self.crop_size, self.margin, shift_y=self.protocol.shift_y)
+                 for face in faces]
+        output, probabilities = self.forward(self.preprocess([crop for crop, _ in crops]))
         grid = self.model.grid
         results = []
         for i, (face, (crop, info)) in enumerate(zip(faces, crops)):
@@ -194,7 +249,7 @@ class Predictor:
             ))
         if gradcam:
             self.add_gradcam(results)
-        return results
+        return FaceList(results, found=faces.found)
 
     # ---- explanations on demand ------------------------------------------------------------
     def class_heatmap(self, face: FaceResult, class_name: str) -> np.ndarray:

@@ -3,7 +3,8 @@
 * ``TextEncoder``: the frozen text tower run on token *embeddings*, so soft context vectors can
   stand in for word embeddings (CoOp). open_clip's modules are used as they are, never edited.
 * ``TextPromptLearner``: owns the M context vectors (shared or class-specific) and builds the
-  ``[SOS][ctx_1..ctx_M][class].[EOS]`` embeddings.
+  ``[SOS][ctx_1..ctx_M][class].[EOS]`` embeddings, and the mask of the soft tokens L_ta compares
+  (``soft_token_mask``: on a causal tower, not the shared context).
 * ``DeepVisualPrompts`` + ``encode_image``: VPT-deep, N learnable tokens appended at the input
   of each of the first K blocks of the frozen ViT and dropped after it; returns the global
   feature and every patch feature, both projected into the joint space.
@@ -33,8 +34,22 @@ class TextEncoder:
         self.eos_id = eos_id if self.pool_type == "eos" else None
 
     @property
+    def causal(self) -> bool:
+        """True when each output token sees only the tokens before it (open_clip's default mask).
+
+        On a causal tower the outputs at a shared context are the same for every class, so
+        ``TextPromptLearner`` leaves them out of L_ta's token mask; text towers without the
+        mask (``no_causal_mask``, or a bidirectional HF tower) report False.
+        """
+        return getattr(self.tower, "attn_mask", None) is not None
+
+    @property
     def width(self) -> int:
         return self.tower.token_embedding.weight.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tower.token_embedding.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -82,6 +97,20 @@ def content_mask(tokens: torch.Tensor, eos_id: int | None = None) -> torch.Tenso
     return (positions[None, :] >= 1) & (positions[None, :] <= eot[:, None])
 
 
+def soft_token_mask(tokens: torch.Tensor, n_ctx: int, causal: bool, shared_ctx: bool,
+                    eos_id: int | None = None) -> torch.Tensor:
+    """The soft-prompt positions L_ta compares: those whose outputs can differ between classes.
+
+    On a causal tower a shared context's outputs (positions 1..n_ctx) see only SOS and the
+    context, identical for every class, so only the class name onward counts; on a bidirectional
+    tower, or with class-specific context, every content token does.
+    """
+    mask = content_mask(tokens, eos_id)
+    if causal and shared_ctx:
+        mask[:, :1 + n_ctx] = False
+    return mask
+
+
 class TextPromptLearner(nn.Module):
     """CoOp-style soft prompts: ``[SOS][ctx_1..ctx_M][class name].[EOS]``."""
 
@@ -90,12 +119,12 @@ class TextPromptLearner(nn.Module):
         super().__init__()
         num_classes = len(class_prompt_names)
         width = text.width
-        device = text.tower.token_embedding.weight.device  # the frozen tower may already be on a GPU
+        device = text.device  # the frozen tower may already be on a GPU
         with torch.no_grad():
             if ctx_init:
                 # start the context from a hand-written phrase, as CoOp's "a photo of a"
                 init_tokens = tokenizer([ctx_init]).to(device)
-                n_ctx = int(eot_positions(init_tokens)[0]) - 1
+                n_ctx = int(eot_positions(init_tokens, text.eos_id)[0]) - 1
                 init = text.embed(init_tokens)[0, 1:1 + n_ctx].float()
                 ctx = init.expand(num_classes, -1, -1).clone() if class_specific else init.clone()
             else:
@@ -109,8 +138,8 @@ class TextPromptLearner(nn.Module):
         self.n_ctx = n_ctx
         self.class_specific = class_specific
         # positions up to the longest prompt's EOT: fixed once tokenised, so no per-step device sync
-        token_mask = content_mask(tokens, text.eos_id)
-        self.length = int(token_mask.sum(1).max()) + 1
+        self.length = int(eot_positions(tokens, text.eos_id).max()) + 1
+        token_mask = soft_token_mask(tokens, n_ctx, text.causal, not class_specific, text.eos_id)
         self.register_buffer("token_mask", token_mask[:, :self.length], persistent=False)
         self.ctx = nn.Parameter(ctx)
         # derived from frozen weights on construction: not saved, rebuilt on load
@@ -180,3 +209,10 @@ def encode_image(visual: nn.Module, images: torch.Tensor,
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
+
+
+def text_encoder_for(clip_model: nn.Module):
+    """The embedding-level view of a model's frozen text tower: open_clip's own, or a Hugging Face one."""
+    from .hf_text import HFTextEncoderView, is_hf_text_tower
+
+    return HFTextEncoderView(clip_model) if is_hf_text_tower(clip_model) else TextEncoder(clip_model)

@@ -38,6 +38,28 @@ def conv_stem(out_channels: int, stride: int, widths: list[int] | None = None) -
     return nn.Sequential(*layers)
 
 
+def vgg_stem(out_channels: int, stride: int, widths: list[int] | None = None) -> nn.Sequential:
+    """VGG-style double 3x3 conv-BN-ReLU stages with a 2x2 max-pool between them, then a 1x1
+    projection to the ViT width: log2(stride) + 1 stages, the first at full resolution.
+
+    At FERPlus's native 48 px this is the plain CNN that trains fastest on a CPU
+    (ARCHITECTURE.md); with stride 4 it hands a 12x12 grid to the transformer.
+    """
+    stages = _stages(stride) + 1
+    widths = list(widths or [min(out_channels, 32 * 2**i) for i in range(stages)])
+    if len(widths) != stages:
+        raise ValueError(f"a vgg stem with stride {stride} needs {stages} widths, got {widths}")
+    layers: list[nn.Module] = []
+    cin = 3
+    for index, width in enumerate(widths):
+        if index:
+            layers.append(nn.MaxPool2d(2))
+        layers += _conv_bn_relu(cin, width, 1) + _conv_bn_relu(width, width, 1)
+        cin = width
+    layers.append(nn.Conv2d(cin, out_channels, 1))
+    return nn.Sequential(*layers)
+
+
 def _resnet_layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     down = None
     if stride != 1 or cin != cout:
@@ -77,4 +99,6 @@ def build_stem(stem_cfg: dict[str, Any], out_channels: int, stride: int) -> nn.M
         return conv_stem(out_channels, stride, **options)
     if kind == "resnet":
         return resnet_stem(out_channels, stride, **options)
-    raise ValueError(f"unknown mpafer_stem type {kind!r} (known: 'conv', 'resnet')")
+    if kind == "vgg":
+        return vgg_stem(out_channels, stride, **options)
+    raise ValueError(f"unknown mpafer_stem type {kind!r} (known: 'conv', 'resnet', 'vgg')")

@@ -175,7 +175,11 @@ def test_majority_rule_matches_official_protocol():
     p = vote_distribution(votes)
     assert p.dtype == np.float32 and p.shape == (len(votes), 8)
     assert np.allclose(p[1], [0, 0.8, 0.2, 0, 0, 0, 0, 0])
-    assert np.allclose(p[2], np.array([5, 1, 1, 1, 1, 1, 0, 0]) / 10)  # raw votes, not de-outliered
+    # single votes are outliers and dropped before normalising, as FERPlus's own rule does
+    assert np.allclose(p[2], [1, 0, 0, 0, 0, 0, 0, 0])
+    assert np.allclose(vote_distribution(np.array([[6, 3, 1, 0, 0, 0, 0, 0, 0, 0]])), [[2 / 3, 1 / 3, 0, 0, 0, 0, 0, 0]])
+    # a row whose emotion votes are all single keeps them rather than dividing by zero
+    assert np.allclose(vote_distribution(np.array([[1, 1, 0, 0, 0, 0, 0, 0, 5, 3]])), [[0.5, 0.5, 0, 0, 0, 0, 0, 0]])
 
 
 def test_ferplus_folder_majority_labels_and_native_pixels(tmp_path):

@@ -103,18 +103,40 @@ def test_upload_shows_label_heatmap_and_descriptions(page):
         _save_screenshot(page, "demo.png")
 
 
+def test_group_picture_every_face_boxed_and_the_limit_said(page, tmp_path):
+    """A class photo of 64 faces (about 55 px each, 1600x1000): all are found, the 50 largest
+    are analysed and numbered, and the note under the picture says so."""
+    from playwright.sync_api import expect
+
+    from test_demo_faces import group_picture
+
+    picture = tmp_path / "class.jpg"
+    group_picture(8, 8, (1600, 1000)).save(picture, quality=90)
+    page.get_by_role("tab", name="Photo").click()
+    page.locator("#photo-input input[type=file]").set_input_files(str(picture))
+    message = page.locator("#message")
+    expect(message).to_contain_text("Showing the 50 largest of 64 faces", timeout=120_000)
+    expect(message).to_contain_text("numbered in reading order")
+    expect(message).to_contain_text("50: ")
+    annotated = page.locator("#annotated img")
+    expect(annotated).to_be_visible()
+    assert page.evaluate("img => img.complete && img.naturalWidth", annotated.element_handle()) == 1600
+
+
 def test_live_webcam_keeps_up(page, monkeypatch):
     """Frames from the (fake) camera are analysed at 5 or more per second on this machine."""
     from playwright.sync_api import expect
 
     from demo import handlers
 
-    calls = []
+    calls, averaged = [], []
     original = handlers.live
 
-    def counted(predictor, frame):
-        result = original(predictor, frame)
+    def counted(predictor, frame, *tracker):
+        result = original(predictor, frame, *tracker)
         calls.append((time.monotonic(), frame is not None and result is not None))
+        # how many frames the face's smoothed label is the mean of: the tab's tracker persists
+        averaged.append(max((len(t.history) for t in tracker[0].tracks), default=0) if tracker else 0)
         return result
 
     monkeypatch.setattr(handlers, "live", counted)  # the app looks the handler up per call
@@ -130,6 +152,7 @@ def test_live_webcam_keeps_up(page, monkeypatch):
     print(f"live view: {rate:.1f} frames analysed per second")  # shown with pytest -rP
     assert rate >= 5.0, f"live view updated {rate:.1f} times a second"
     assert all(ok for _, ok in calls[first:])
+    assert max(averaged) >= 3  # labels averaged over several frames (about 0.5 s), not per frame
     if os.environ.get("MPAFER_SCREENSHOTS") == "1":
         _save_screenshot(page, "live.png", height=860)
     camera.locator("button", has_text="Stop").click()

@@ -15,10 +15,15 @@ from mpafer.faces import (
     REGION_NAMES,
     Face,
     FaceDetector,
+    FaceList,
     crop_face,
     cut_by_tile_edge,
     face_regions,
+    largest,
+    limit_faces,
+    reading_order,
     region_masks,
+    tile_sides,
     tile_windows,
 )
 
@@ -50,15 +55,60 @@ def close_to(point, expected, tolerance):
 
 # --- detection -------------------------------------------------------------------------
 
+NO_FACES = sorted((REPO / "tests" / "data" / "no_faces").glob("*.[jp][pn]g"))
+ASTRONAUT_FACE_BOX = (175, 76, 276, 177)  # where the detector puts her face (checked by eye)
+
+
+def face_grid(rows, cols, size=(1280, 720), face_px=None, seed=0):
+    """The astronaut's head and shoulders in a ``rows`` x ``cols`` grid on a ``size`` canvas:
+    a group picture whose true face boxes are known. Returns (picture, true boxes by row)."""
+    rng = np.random.default_rng(seed)
+    photo = Image.open(EXAMPLES / "astronaut.jpg").convert("RGB")
+    x0, y0, x1, y1 = ASTRONAUT_FACE_BOX
+    canvas = Image.new("RGB", size, (230, 226, 220))
+    cell_w, cell_h = size[0] // cols, size[1] // rows
+    truth = []
+    for row in range(rows):
+        for col in range(cols):
+            side = face_px or 0.45 * cell_h
+            scale = side / (y1 - y0)
+            tile = photo.resize((round(512 * scale), round(512 * scale)), Image.Resampling.LANCZOS)
+            if (row + col) % 2:
+                tile = ImageOps.mirror(tile)
+            # the face at a jittered place in its cell (rows not on one line)
+            fx = col * cell_w + (cell_w - side) * rng.uniform(0.3, 0.7)
+            fy = row * cell_h + (cell_h - side) * rng.uniform(0.35, 0.65)
+            ox = x0 if (row + col) % 2 == 0 else 512 - x1
+            cell = Image.new("RGB", (cell_w - 4, cell_h - 4), (200, 200, 200))
+            cell.paste(tile, (round(fx - col * cell_w - ox * scale), round(fy - row * cell_h - y0 * scale)))
+            canvas.paste(cell, (col * cell_w + 2, row * cell_h + 2))
+            truth.append((fx, fy, fx + side, fy + side))
+    return canvas, truth
+
+
+def box_overlap(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
 
 def test_examples_are_small_enough_to_ship():
     for name in ("astronaut.jpg", "group.jpg"):
         assert (EXAMPLES / name).stat().st_size < 150_000
 
 
+def test_both_models_are_bundled():
+    models = REPO / "assets" / "models"
+    assert (models / "face_detection_short_range.tflite").is_file()
+    assert (models / "face_detection_full_range_sparse.tflite").is_file()
+    notice = (REPO / "assets" / "NOTICE").read_text()
+    assert "face_detection_full_range_sparse.tflite" in notice and "face_detection_short_range.tflite" in notice
+
+
 def test_astronaut_has_one_face_where_her_face_is(detector, astronaut):
     faces = detector.detect(astronaut)
-    assert len(faces) == 1
+    assert len(faces) == 1 and faces.found == 1 and not faces.limited
     face = faces[0]
     assert face.score > 0.8
     assert close_to(face.center, ASTRONAUT_FACE_CENTER, 25)
@@ -72,33 +122,49 @@ def test_astronaut_has_one_face_where_her_face_is(detector, astronaut):
         assert face.box[0] - 5 <= x <= face.box[2] + 5 and face.box[1] - 5 <= y <= face.box[3] + 5
 
 
-def test_group_has_four_faces_left_to_right(detector):
+def test_group_has_four_faces_in_reading_order(detector):
     group = Image.open(EXAMPLES / "group.jpg")
     faces = detector.detect(group)
-    assert len(faces) == 4
-    xs = [face.box[0] for face in faces]
-    assert xs == sorted(xs)
-    quadrants = {
-        (face.center[0] > group.width / 2, face.center[1] > group.height / 2) for face in faces
-    }
-    assert len(quadrants) == 4
+    assert len(faces) == 4 and isinstance(faces, FaceList) and faces.found == 4
+    right = [face.center[0] > group.width / 2 for face in faces]
+    lower = [face.center[1] > group.height / 2 for face in faces]
+    assert list(zip(lower, right)) == [(False, False), (False, True), (True, False), (True, True)]
+
+
+@pytest.mark.parametrize("grid, size", [((4, 4), (1920, 1080)), ((6, 6), (1280, 720))])
+def test_every_face_of_a_group_picture_and_no_other_box(detector, grid, size):
+    # 6x6 on 1280x720: faces of about 45 px, 3.5 % of the picture's width
+    picture, truth = face_grid(*grid, size=size)
+    faces = detector.detect(picture)
+    assert len(faces) == len(truth) == faces.found
+    for face, true_box in zip(faces, truth):  # one to one, and in reading order
+        assert box_overlap(face.box, true_box) > 0.4, (face.box, true_box)
 
 
 def test_small_faces_need_the_tiles():
-    # The collage's faces are 9 % of the frame, below what one 128 px pass resolves.
-    group = Image.open(EXAMPLES / "group.jpg")
-    with FaceDetector(tile_levels=0) as single_pass:
-        assert len(single_pass.detect(group)) < 4
+    picture, truth = face_grid(6, 6, size=(1280, 720))
+    with FaceDetector(tile_levels=0) as whole_picture_only:
+        assert len(whole_picture_only.detect(picture)) < len(truth) // 2
 
 
-def test_max_faces_keeps_the_best_and_sorts_them(detector):
-    group = Image.open(EXAMPLES / "group.jpg")
-    everyone = detector.detect(group)
-    with FaceDetector(max_faces=2) as two:
-        best = two.detect(group)
-    assert len(best) == 2
-    assert [f.box[0] for f in best] == sorted(f.box[0] for f in best)
-    assert min(f.score for f in best) >= sorted(f.score for f in everyone)[-2] - 1e-6
+def test_faces_down_to_40_px_are_found(detector):
+    picture, truth = face_grid(4, 8, size=(1280, 720), face_px=40)
+    assert len(detector.detect(picture)) == len(truth) == 32
+
+
+def test_the_limit_keeps_the_largest_and_says_how_many_were_found():
+    picture, truth = face_grid(3, 4, size=(1280, 720))
+    small = picture.copy()  # faces of two sizes: the first row smaller
+    shrunk = picture.crop((0, 0, 1280, 240)).resize((640, 120))
+    small.paste((230, 226, 220), (0, 0, 1280, 240))
+    small.paste(shrunk, (320, 60))
+    with FaceDetector(max_faces=5) as five:
+        faces = five.detect(small)
+        everyone = five.detect(picture)
+    assert len(faces) == 5 and faces.found == 12 and faces.limited
+    assert min(f.width for f in faces) > 80  # none of the four shrunk faces (about 50 px)
+    assert faces == reading_order(faces)
+    assert len(everyone) == 5 and everyone.found == 12
 
 
 @pytest.mark.parametrize("kind", ["blank", "noise"])
@@ -111,9 +177,47 @@ def test_no_faces_in_blank_or_noise(detector, kind):
     assert detector.detect(image) == []
 
 
+def test_no_faces_in_twenty_face_free_pictures(detector):
+    assert len(NO_FACES) == 20
+    assert sum(path.stat().st_size for path in NO_FACES) < 1_000_000
+    found = {}
+    for path in NO_FACES:
+        image = Image.open(path)
+        for scale in (1, 3):  # 480x360 and 1440x1080: no tiles, then two sizes of tiles
+            faces = detector.detect(image.resize((image.width * scale, image.height * scale)))
+            if faces:
+                found[f"{path.name} x{scale}"] = [(f.box, f.score) for f in faces]
+    assert found == {}
+
+
+def closeup(fill, grey=False):
+    """The astronaut's face filling ``fill`` of a 256 px square (over 1: cut off at the edges)."""
+    photo = Image.open(EXAMPLES / "astronaut.jpg").convert("RGB")
+    side = (ASTRONAUT_FACE_BOX[2] - ASTRONAUT_FACE_BOX[0]) / fill
+    cx, cy = 225, 127
+    crop = photo.crop((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)))
+    crop = crop.resize((256, 256), Image.Resampling.BICUBIC)
+    return crop.convert("L") if grey else crop
+
+
+@pytest.mark.parametrize("fill, grey", [(1.0, False), (1.25, True), (1.4, False), (1.4, True)])
+def test_a_face_that_fills_the_picture_is_found_by_the_padded_retry(detector, fill, grey):
+    picture = closeup(fill, grey)
+    faces = detector.detect(picture)
+    assert len(faces) == 1
+    face = faces[0]
+    assert close_to(face.center, (128, 128), 40)
+    assert face.width > 150 and 0 <= face.box[0] < face.box[2] <= 256 and 0 <= face.box[1] < face.box[3] <= 256
+
+
+def test_the_retry_is_what_finds_the_tightest_crops():
+    with FaceDetector(pad_retry=False) as no_retry:
+        assert no_retry.detect(closeup(1.4)) == []
+
+
 def test_boxes_map_back_from_a_large_photo(detector, astronaut):
-    # 3000x2000 canvas: detection runs on a 1024 px copy (and its tiles, as the face is
-    # under 10 % of the frame); the box must land on the original.
+    # 3000x2000 canvas: detection runs on a 2048 px copy (the face is 7 % of it); the box
+    # must land on the original.
     canvas = Image.new("RGB", (3000, 2000), (250, 250, 250))
     offset = (1300, 350)
     canvas.paste(astronaut.resize((1536, 1536)), offset)
@@ -152,11 +256,22 @@ def test_closed_detector_refuses_work(astronaut):
 def test_missing_model_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="model not found"):
         FaceDetector(model_path=tmp_path / "missing.tflite")
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        FaceDetector(full_range_path=tmp_path / "missing.tflite")
+    with FaceDetector(full_range=False, full_range_path=tmp_path / "missing.tflite") as short_only:
+        assert short_only.tile_model == "short"
+
+
+def test_detector_arguments_are_checked():
+    for bad in ({"max_faces": 0}, {"min_confidence": 1.5}, {"tile_side": 64}, {"tile_model": "mid"}):
+        with pytest.raises(ValueError):
+            FaceDetector(**bad)
 
 
 @pytest.mark.parametrize("close", [True, False])
 def test_process_exits_cleanly(close):
-    # MediaPipe's own __del__ raises at interpreter exit; ours must not let it.
+    # MediaPipe's own __del__ raises at interpreter exit; ours must not let it. Loading the
+    # full-range model prints 46 lines about sparse tensors, which are held back.
     script = textwrap.dedent(
         f"""
         from PIL import Image
@@ -173,15 +288,30 @@ def test_process_exits_cleanly(close):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "Exception ignored" not in result.stderr
+    assert "Sparsity tensors" not in result.stderr
 
 
-def test_tile_windows_cover_the_image_with_overlap():
-    windows = tile_windows(1024, 576, levels=1)
-    assert windows[0] == (0, 0, 1024, 576)
-    tiles = windows[1:]
-    assert all(x1 - x0 == 512 and y1 - y0 == 512 for x0, y0, x1, y1 in tiles)
-    assert {x0 for x0, *_ in tiles} == {0, 256, 512} and {y0 for _, y0, *_ in tiles} == {0, 64}
-    assert tile_windows(200, 150, levels=1) == [(0, 0, 200, 150)]  # tiles below 128 px skipped
+def test_tile_sides():
+    assert tile_sides(1920, 1080) == [300, 600]
+    assert tile_sides(1280, 720) == [300, 600]
+    assert tile_sides(1024, 576) == [300]  # 600 is not under the short side
+    assert tile_sides(512, 512) == [300]
+    assert tile_sides(480, 360) == []  # a webcam frame: the whole-picture passes find ~32 px faces
+    assert tile_sides(1920, 1080, levels=0) == []
+    assert tile_sides(3000, 700) == [300, 600, 700]  # a panorama also gets squares of its height
+    assert tile_sides(2048, 1536, levels=3) == [300, 600, 1200]
+
+
+@pytest.mark.parametrize("overlap", [1 / 3, 0.5])
+def test_tile_windows_cover_the_image_with_overlap(overlap):
+    tiles = tile_windows(1024, 576, 300, overlap)
+    assert all(x1 - x0 == 300 and y1 - y0 == 300 for x0, y0, x1, y1 in tiles)
+    xs, ys = sorted({t[0] for t in tiles}), sorted({t[1] for t in tiles})
+    assert xs[0] == 0 and xs[-1] == 1024 - 300 and ys[0] == 0 and ys[-1] == 576 - 300
+    for positions in (xs, ys):  # neighbours share at least ``overlap`` of a side
+        assert all(b - a <= 300 * (1 - overlap) + 1e-9 for a, b in zip(positions, positions[1:]))
+    assert len(tile_windows(1024, 576, 300, 1 / 3)) < len(tile_windows(1024, 576, 300, 0.5))
+    assert tile_windows(200, 150, 300) == [(0, 0, 150, 150), (50, 0, 200, 150)]
 
 
 def test_faces_cut_by_inner_tile_edges_are_dropped():
@@ -192,6 +322,38 @@ def test_faces_cut_by_inner_tile_edges_are_dropped():
     assert cut_by_tile_edge((400, 450, 500, 515), tile, 1024, 1024)  # crosses y=512
     assert not cut_by_tile_edge((400, -3, 500, 80), tile, 1024, 1024)  # y=0 is the border
     assert not cut_by_tile_edge((0, 0, 90, 90), (0, 0, 1024, 1024), 1024, 1024)
+
+
+def boxes(*items):
+    return [Face(tuple(float(v) for v in box), 0.9) for box in items]
+
+
+def test_reading_order_groups_rows_by_overlap():
+    # two rows; in each, faces sit a little higher or lower than their neighbours, and the
+    # second row's leftmost face is higher than the first row's rightmost centre
+    row1 = boxes((300, 110, 360, 170), (20, 100, 80, 160), (160, 125, 220, 185))
+    row2 = boxes((170, 190, 230, 250), (30, 175, 90, 235), (310, 200, 370, 260))
+    ordered = reading_order(row2 + row1)
+    assert [f.box[0] for f in ordered] == [20, 160, 300, 30, 170, 310]
+    # raw (y, x) order would interleave the rows
+    assert [f.box[0] for f in sorted(row1 + row2, key=lambda f: (f.box[1], f.box[0]))] != [20, 160, 300, 30, 170, 310]
+
+
+def test_reading_order_of_faces_of_different_sizes():
+    big, small_right, small_below = boxes((0, 0, 200, 200), (260, 120, 300, 160), (60, 260, 100, 300))
+    assert reading_order([small_below, small_right, big]) == [big, small_right, small_below]
+    assert reading_order([]) == []
+
+
+def test_largest_and_limit_faces():
+    faces = FaceList(boxes((0, 0, 10, 10), (100, 0, 150, 50), (0, 100, 30, 130), (200, 0, 220, 20)), found=4)
+    assert [f.width for f in largest(faces, 2)] == [50, 30]
+    kept = limit_faces(faces, 2)
+    assert isinstance(kept, FaceList) and kept.found == 4 and kept.limited
+    assert [f.box[:2] for f in kept] == [(100, 0), (0, 100)]  # reading order
+    assert limit_faces(faces, 9).found == 4 and not limit_faces(faces, 9).limited
+    assert limit_faces(list(faces), 3).found == 4
+    assert FaceList([1, 2], found=1).found == 2  # never fewer than kept
 
 
 # --- cropping --------------------------------------------------------------------------

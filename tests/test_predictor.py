@@ -67,7 +67,8 @@ def test_group_is_classified_in_one_batch(predictor, count_forward):
     faces = predictor.predict(GROUP)
     assert len(faces) == 4
     assert count_forward == [4]  # one forward pass for all four crops
-    assert [f.box[0] for f in faces] == sorted(f.box[0] for f in faces)
+    # reading order: the top row left to right, then the bottom row
+    assert [(f.box[1] > 400, f.box[0] > 400) for f in faces] == [(False, False), (False, True), (True, False), (True, True)]
     predictor.probe(faces[2], "wrinkled nose")
     predictor.class_heatmap(faces[1], predictor.classes[3])
     assert count_forward == [4]  # probes and other classes reuse the pass
@@ -113,13 +114,14 @@ def test_to_dict_is_json_safe(predictor):
     assert np.asarray(full["heatmaps"][face.label]).shape == (14, 14)
 
 
-def test_max_faces_keeps_the_most_confident(predictor):
+def test_max_faces_keeps_the_largest_and_counts_them_all(predictor):
     small = Predictor(predictor.model, detector=predictor.detector, max_faces=2)
     faces = small.predict(GROUP, explain=False)
-    assert len(faces) == 2
+    assert len(faces) == 2 and faces.found == 4
     everyone = predictor.predict(GROUP, explain=False)
-    best = sorted(everyone, key=lambda f: -f.score)[:2]
-    assert {f.box for f in faces} == {f.box for f in best}
+    assert everyone.found == 4
+    area = lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])  # noqa: E731
+    assert {f.box for f in faces} == {f.box for f in sorted(everyone, key=area)[-2:]}
 
 
 def test_concurrent_calls_agree_with_serial_ones(predictor):

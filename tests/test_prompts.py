@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -58,3 +60,40 @@ def test_deep_prompts_change_the_output_and_are_dropped_after_each_block(backbon
     assert prompted.patches.shape == plain.patches.shape  # prompt tokens never reach the output
     assert not torch.allclose(prompted.pooled, plain.pooled)
     assert prompts(1, 2, torch.float32) is None  # only the first K=1 blocks get prompts
+
+
+def soft_token_outputs(text, learner):
+    with torch.no_grad():
+        _, per_token = text.encode_embeddings(learner(), learner.tokens, return_tokens=True)
+    return per_token[:, :learner.length]
+
+
+def test_soft_token_mask_on_a_causal_tower_leaves_out_the_shared_context(backbone):
+    text = TextEncoder(backbone.model)
+    assert text.causal
+    learner = TextPromptLearner(text, backbone.tokenizer, ["happy", "sad", "angry"], n_ctx=4)
+    mask, eot = learner.token_mask, learner.tokens.argmax(-1)
+    outputs = soft_token_outputs(text, learner)
+    # why: positions 1..4 (the context) see only SOS and the context, the same for every class
+    torch.testing.assert_close(outputs[0, 1:5], outputs[1, 1:5])
+    assert not torch.allclose(outputs[0, 5], outputs[1, 5])  # the class name differs
+    for row in range(3):
+        assert not mask[row, :5].any()
+        assert mask[row, 5:int(eot[row]) + 1].all() and not mask[row, int(eot[row]) + 1:].any()
+    # class-specific context differs between classes even on a causal tower, so it counts
+    specific = TextPromptLearner(text, backbone.tokenizer, ["happy", "sad", "angry"], n_ctx=4, class_specific=True)
+    assert specific.token_mask[:, 1:5].all() and not specific.token_mask[:, 0].any()
+
+
+def test_soft_token_mask_on_a_bidirectional_tower_counts_every_content_token(backbone):
+    model = copy.deepcopy(backbone.model)
+    model.attn_mask = None  # open_clip's no_causal_mask: every token sees every token
+    text = TextEncoder(model)
+    assert not text.causal
+    learner = TextPromptLearner(text, backbone.tokenizer, ["happy", "sad", "angry"], n_ctx=4)
+    outputs = soft_token_outputs(text, learner)
+    assert not torch.allclose(outputs[0, 1:5], outputs[1, 1:5])  # the context now hears the class name
+    mask, eot = learner.token_mask, learner.tokens.argmax(-1)
+    for row in range(3):
+        assert not mask[row, 0]
+        assert mask[row, 1:int(eot[row]) + 1].all() and not mask[row, int(eot[row]) + 1:].any()

@@ -134,6 +134,8 @@ def test_run_writes_metrics_checkpoints_and_test_results(finished_run, workspace
         for key in ("train_accuracy", "val_accuracy", "val_mean_class_accuracy"):
             assert 0.0 <= float(row[key]) <= 1.0
         assert float(row["images_per_s"]) > 0
+        for term in train_script.GRAD_TERMS:  # each term's gradient norm, for reading an ablation
+            assert float(row[f"train_grad_{term}"]) > 0, term
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns something
     for folder in ("best", "last"):
         assert (out / folder / "mpafer.json").is_file() and (out / folder / "mpafer.safetensors").is_file()
@@ -141,13 +143,17 @@ def test_run_writes_metrics_checkpoints_and_test_results(finished_run, workspace
     state = json.loads((out / "last" / "train_state.json").read_text())
     assert state["epoch"] == 2 and state["config_hash"] == train_script.config_hash(state["config"])
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(out / "tb")).Reload().Tags()["scalars"]
+    assert {"train/grad_ce", "train/grad_t", "train/grad_v", "train/ce", "train/v"} <= set(tags)
     assert (out / "test_confusion.png").stat().st_size > 1000
 
     test = json.loads((out / "test_metrics.json").read_text())
     assert test["n"] == 16 and 0.0 <= test["accuracy"] <= 1.0
     assert sum(map(sum, test["confusion"])) == 16
     best_epoch = max(range(2), key=lambda i: (float(rows[i]["val_accuracy"]), -i)) + 1
-    assert test["epoch"] == best_epoch
+    assert test["epoch"] == best_epoch and test["selected_on"] == "valid"
 
     from mpafer.checkpoint import load_checkpoint, read_metadata
     from mpafer.data import load_dataset

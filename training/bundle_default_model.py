@@ -22,9 +22,12 @@ import torch  # noqa: E402
 
 from mpafer.backbone import BackboneConfig, load_backbone, save_model_folder  # noqa: E402
 from mpafer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from mpafer.input_protocol import InputProtocol  # noqa: E402
 
 
-def bundle(checkpoint: Path, out: Path, half: bool = True) -> Path:
+def bundle(checkpoint: Path, out: Path, half: bool = True, protocol: dict | None = None) -> Path:
+    """``protocol``: measured crop settings (``training/crop_protocol.py calibrate``: margin,
+    shift_y) written into the bundled model's input protocol."""
     model = load_checkpoint(checkpoint)
     source = model.config.backbone.model_name
     if not source.startswith("local-dir:"):
@@ -41,7 +44,9 @@ def bundle(checkpoint: Path, out: Path, half: bool = True) -> Path:
     # and the checkpoint records the stored weights' fingerprint
     bundled = load_checkpoint(checkpoint, backbone=stored, check_fingerprint=False)
     bundled.hard_text_cache = torch.zeros(0)
-    save_checkpoint(bundled, out, extra={"bundled_from": str(checkpoint)})
+    measured = {k: protocol[k] for k in ("margin", "shift_y") if protocol and k in protocol}
+    bundled.config.input = InputProtocol.from_dict({**bundled.config.input.to_dict(), **measured})
+    save_checkpoint(bundled, out, extra={"bundled_from": str(checkpoint), "input_measured": protocol or {}})
     return out
 
 
@@ -50,8 +55,11 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--keep-dtype", action="store_true", help="store the backbone in its own dtype, not fp16")
+    parser.add_argument("--protocol", type=Path, default=None,
+                        help="JSON from `training/crop_protocol.py calibrate` (margin, shift_y)")
     args = parser.parse_args(argv)
-    out = bundle(args.checkpoint, args.out, half=not args.keep_dtype)
+    protocol = json.loads(args.protocol.read_text()) if args.protocol else None
+    out = bundle(args.checkpoint, args.out, half=not args.keep_dtype, protocol=protocol)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     print(f"bundled {args.checkpoint} -> {out} ({size:.1f} MB)")
     return 0

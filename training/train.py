@@ -14,10 +14,12 @@ Continue an interrupted run (killed, preempted, out of time) from its last finis
     python training/train.py --config ... --data ... --out runs/ferplus --resume
 
 What it writes into --out: config.yaml (the resolved config), metrics.csv and tb/ (TensorBoard) with
-one row per epoch, best/ (the checkpoint with the best validation accuracy, loadable by
-``mpafer.load_checkpoint`` and ``python -m mpafer evaluate``), last/ (the resumable state after
-the last finished epoch: a checkpoint plus train_state.safetensors/.json), test_metrics.json and
-test_confusion.png (the best checkpoint on the test split).
+one row per epoch (each loss term's epoch mean, and its gradient norm on the learnable parameters
+on the epoch's first batch: train_grad_ce, _ta, _pa, _t, _v, _total), best/ (the checkpoint with
+the best validation accuracy, loadable by ``mpafer.load_checkpoint`` and ``python -m mpafer
+evaluate``), last/ (the resumable state after the last finished epoch: a checkpoint plus
+train_state.safetensors/.json), test_metrics.json and test_confusion.png (the best checkpoint on
+the test split; ``selected_on`` names the split that chose it).
 
 How it runs: the whole split is held as uint8 tensors (on the GPU when it fits, else in pinned
 host memory), so an epoch never decodes an image; each epoch is a seeded permutation (drop_last),
@@ -60,7 +62,9 @@ from mpafer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint 
 from mpafer.data import DatasetError, load_dataset  # noqa: E402
 from mpafer.evaluate import evaluate, plot_confusion  # noqa: E402
 from mpafer.model import MPAFER, MPAFERConfig, create_model  # noqa: E402
-from mpafer.objective import mpafer_loss  # noqa: E402
+from mpafer.objective import gradient_norms, mpafer_loss  # noqa: E402
+from mpafer.precision import PRECISIONS  # noqa: E402
+from mpafer.precision import autocast as mixed_precision  # noqa: E402
 from mpafer.prototypes import compute_prototypes  # noqa: E402
 
 # Test-only hooks (environment variables): crash like `kill -9` after N optimiser steps of the
@@ -70,9 +74,11 @@ DUMP_ENV = "MPAFER_TEST_DUMP_WEIGHTS"
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_ta", "train_pa", "train_v", "train_accuracy",
-                 "val_accuracy", "val_mean_class_accuracy", "epoch_seconds", "images_per_s")
 LOSS_TERMS = ("loss", "ce", "ta", "pa", "v")
+GRAD_TERMS = ("total", "ce", "ta", "pa", "t", "v")  # mpafer.objective.gradient_norms; t = ta + pa as weighted
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_ta", "train_pa", "train_v",
+                 *(f"train_grad_{key}" for key in GRAD_TERMS), "train_accuracy",
+                 "val_accuracy", "val_mean_class_accuracy", "epoch_seconds", "images_per_s")
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "seed": 0,
@@ -103,6 +109,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "eval_batch_size": 256,
         "tta_flip": False,  # mirror test-time augmentation in validation and test
         "log_every": 10,  # steps between progress-bar updates (each one syncs the GPU)
+        "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU), bf16 (also fast on AVX-512-BF16 CPUs), fp32
     },
     "augment": AugmentConfig().to_dict(),
 }
@@ -492,8 +499,11 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------ training
 
+_PRECISION = {"value": "auto"}  # train.precision of the running config (mpafer.precision)
+
+
 def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    return mixed_precision(device, _PRECISION["value"])
 
 
 def crash_step() -> int | None:
@@ -501,9 +511,24 @@ def crash_step() -> int | None:
     return int(value) if value else None
 
 
+def probe_gradients(model: MPAFER, images: torch.Tensor, targets: torch.Tensor, device: torch.device) -> dict:
+    """Each loss term's gradient norm on the learnable parameters, on one batch (not a training step).
+
+    A separate forward of the plain model (not the DDP or compiled wrapper), so the step itself
+    is untouched and nothing here waits on the other ranks.
+    """
+    with autocast(device):
+        terms = mpafer_loss(model, model(images), targets)
+    norms = gradient_norms(terms, model.learnable_parameters().values(), model.config.loss)
+    return {f"train_grad_{key}": value for key, value in norms.items()}
+
+
 def train_epoch(epoch: int, forward, model: MPAFER, data: HeldData, gather: BatchGather, optimizer, scheduler,
                 config: dict, ctx: Dist, progress: bool) -> dict[str, float]:
-    """One pass over this epoch's permutation; returns the epoch's mean loss terms and accuracy."""
+    """One pass over this epoch's permutation; returns the epoch's mean loss terms and accuracy.
+
+    Rank 0 also measures each term's gradient norm on the epoch's first batch (``probe_gradients``).
+    """
     train, seed = config["train"], config["seed"]
     batch, global_batch = train["batch_size"], train["batch_size"] * ctx.world
     steps = len(data) // global_batch
@@ -516,6 +541,7 @@ def train_epoch(epoch: int, forward, model: MPAFER, data: HeldData, gather: Batc
     model.train()
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{train['epochs']}", unit="step",
                disable=not (progress and ctx.main), dynamic_ncols=True)
+    grads: dict[str, float] = {}
     started = time.perf_counter()
     for step in bar:
         index = order[step * global_batch:(step + 1) * global_batch][lo:hi]
@@ -523,6 +549,10 @@ def train_epoch(epoch: int, forward, model: MPAFER, data: HeldData, gather: Batc
         images = apply_augment(gather(index), draws, model.image_size, info.mean, info.std)
         index = index.to(ctx.device)
         targets, labels = data.targets[index], data.labels[index]
+        if step == 0 and ctx.main:
+            probe_started = time.perf_counter()
+            grads = probe_gradients(model, images, targets, ctx.device)
+            started += time.perf_counter() - probe_started  # not part of the training speed
         with autocast(ctx.device):
             output = forward(images)
             terms = mpafer_loss(model, output, targets)
@@ -550,7 +580,7 @@ def train_epoch(epoch: int, forward, model: MPAFER, data: HeldData, gather: Batc
         dist.all_reduce(sums)
     count = max(float(sums[-1]), 1.0)
     result = {f"train_{key}": float(sums[i]) / count for i, key in enumerate(LOSS_TERMS)}
-    result.update(train_accuracy=float(sums[-2]) / count, epoch_seconds=seconds,
+    result.update(grads, train_accuracy=float(sums[-2]) / count, epoch_seconds=seconds,
                   images_per_s=float(sums[-1]) / max(seconds, 1e-9))
     return result
 
@@ -666,7 +696,7 @@ class RunRecorder:
             with atomic_folder(self.out / "best") as folder:
                 save_checkpoint(model, folder, extra={**self.extra, "epoch": epoch,
                                                       "val_accuracy": row["val_accuracy"]})
-        self.rows.append({k: row[k] for k in METRIC_FIELDS})
+        self.rows.append({k: row.get(k, "") for k in METRIC_FIELDS})  # absent terms (beta = 0, ...) stay blank
         write_metrics(self.out / "metrics.csv", self.rows)
         for key, value in row.items():
             if key not in ("epoch", "lr") and value != "":
@@ -694,7 +724,9 @@ def final_test(out: Path, config: dict, model: MPAFER, best_epoch: int, device: 
                              cache_dir=data["cache_dir"], skip_bad=data["skip_bad"], progress=progress)
     metrics = evaluate(best_model, hold(test_data, device, False), train["eval_batch_size"],
                        tta_flip=train["tta_flip"], progress=progress)
-    metrics.update(split=split, checkpoint="best", epoch=best_epoch)
+    # which split chose best/: RAF-DB and AffectNet have no validation split, so it may be the test images
+    selected_on = data["val_split"] or "last epoch (no validation split)"
+    metrics.update(split=split, checkpoint="best", epoch=best_epoch, selected_on=selected_on)
     (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     plot_confusion(metrics["confusion"], metrics["classes"], out / "test_confusion.png",
                    title=f"{split}: accuracy {metrics['accuracy']:.2%} (n = {metrics['n']})")
@@ -704,6 +736,9 @@ def final_test(out: Path, config: dict, model: MPAFER, best_epoch: int, device: 
 
 def _run(config: dict, digest: str, out: Path, ctx: Dist, args: argparse.Namespace, progress: bool) -> int:
     train = config["train"]
+    if train["precision"] not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {train['precision']!r}")
+    _PRECISION["value"] = train["precision"]
     global_batch = train["batch_size"] * ctx.world
     previous = read_last(out)
     check_resumable(previous, config, digest, out, args.resume, global_batch)
@@ -770,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit-per-class", type=int, help="at most N images per class in train and valid")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable image files")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                         help="override any config value, e.g. --set model.topk=8 train.warmup_epochs=2")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser

