@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from .face_detection import DEFAULT_MAX_FACES
 from .images import ImageError
 
 
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--gradcam", action="store_true", help="also run Grad-CAM (one backward pass per image)")
     parser.add_argument("--heatmaps", action="store_true", help="with --json: include the maps on the patch grid")
-    parser.add_argument("--max-faces", type=int, default=10, help="most faces to analyse (default 10)")
+    parser.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES,
+                        help=f"most faces to analyse, the largest (default {DEFAULT_MAX_FACES})")
     parser.add_argument("--device", default="cpu")
     return parser
 

@@ -11,17 +11,21 @@ BUNDLE=${BUNDLE:-assets/models/mpafer-ferplus-default}
 PY=${PYTHON:-python}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}  # keep the 2 training threads on their cores
 
-# stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (about 50 minutes here)
-$PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-16}"
+# stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (about 75 minutes here)
+$PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-24}"
 # stage 1: MPA-FER prompts on the frozen stage-0 backbone (CE + L_t + L_v, CGLA)
 $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DATA" --out "$RUNS/stage1" \
     --set "model.backbone.model_name=local-dir:$RUNS/stage0" --resume
 # the crop the model wants from a face detector, measured on validation faces
 [ -s "$RUNS/crop_protocol.json" ] || \
-    $PY training/crop_protocol.py calibrate --data "$DATA" --split valid --limit 300 --no-progress > "$RUNS/crop_protocol.json"
+    $PY training/crop_protocol.py calibrate --data "$DATA" --split valid --limit 1000 --no-progress > "$RUNS/crop_protocol.json"
 $PY training/bundle_default_model.py "$RUNS/stage1/best" "$BUNDLE" --protocol "$RUNS/crop_protocol.json"
 # the model card's numbers, all from the bundle
 MPAFER_CHECKPOINT="$BUNDLE" $PY -m mpafer evaluate --dataset ferplus --data "$DATA" --split test --json \
     --confusion "$BUNDLE/confusion.png" > "$RUNS/test_metrics.json"
 $PY training/paraphrase_probe.py --data "$DATA" --checkpoint "$BUNDLE" --json > "$RUNS/paraphrases.json"
+$PY training/paraphrase_probe.py --data "$DATA" --checkpoint "$BUNDLE" --scoring centred --json \
+    > "$RUNS/paraphrases_centred.json"
+# the whole Predictor pipeline (detector, crop, model) on test faces upscaled to 256 px and padded
+$PY training/crop_protocol.py pipeline --data "$DATA" --checkpoint "$BUNDLE" --no-progress --json > "$RUNS/pipeline.json"
 $PY training/write_model_card.py --bundle "$BUNDLE" --runs "$RUNS"

@@ -51,12 +51,24 @@ def image_features(model, images: np.ndarray, batch_size: int = 512) -> torch.Te
 
 
 def probe(model, images: np.ndarray, labels: np.ndarray, classes: list[str], template: str,
-          paraphrases: list[dict]) -> list[dict]:
-    """Per paraphrase: the mean cosine with each class's faces, the class it lands on, and whether
-    that is the intended one."""
+          paraphrases: list[dict], scoring: str = "cosine") -> list[dict]:
+    """Per paraphrase: the mean score with each class's faces, the class it lands on, and whether
+    that is the intended one.
+
+    ``cosine``: the plain cosine. ``centred``: both sides centred first (image features on their
+    mean over the faces, text on the mean of the bank's prompt features), which removes the
+    direction every face and every face sentence share: with plain cosines the faces of one
+    class can sit nearer that common direction and win for most texts (chosen on validation).
+    """
     features = image_features(model, images)
     texts = [template.format(text=p["text"]) for p in paraphrases]
     text = model.encode_text(texts).float().cpu()
+    if scoring == "centred":
+        features = torch.nn.functional.normalize(features - features.mean(0), dim=-1)
+        bank = model.hard_text_features().float().cpu().mean(0)
+        text = torch.nn.functional.normalize(text - bank, dim=-1)
+    elif scoring != "cosine":
+        raise ValueError(f"scoring must be 'cosine' or 'centred', got {scoring!r}")
     cosines = features @ text.t()  # (N, T)
     labels_t = torch.as_tensor(labels)
     rows = []
@@ -74,6 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--paraphrases", type=Path, default=PARAPHRASES)
+    parser.add_argument("--scoring", choices=("cosine", "centred"), default="cosine",
+                        help="plain mean cosine (default), or with both sides centred (see probe())")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     model, source, untrained = resolve_model(args.checkpoint)
@@ -82,14 +96,14 @@ def main(argv=None) -> int:
     order = [list(model.classes).index(c) for c in data.classes]
     if order != list(range(len(order))):
         raise SystemExit("the model's classes are not FERPlus's, in FERPlus's order")
-    rows = probe(model, data.images, data.labels, list(data.classes), template, paraphrases)
+    rows = probe(model, data.images, data.labels, list(data.classes), template, paraphrases, args.scoring)
     hits = sum(r["correct"] for r in rows)
     if args.json:
         print(json.dumps({"model": source, "untrained": untrained, "split": args.split, "n_faces": len(data),
-                          "template": template, "correct": hits, "total": len(rows), "rows": rows}, indent=1))
+                          "template": template, "scoring": args.scoring, "correct": hits, "total": len(rows), "rows": rows}, indent=1))
         return 0
     print(f"model: {source}{' (UNTRAINED)' if untrained else ''}; FERPlus {args.split}, {len(data)} faces; "
-          f"template {template!r}")
+          f"template {template!r}, scoring {args.scoring}")
     print(f"| paraphrase | intended | lands on | |\n| --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['text']} | {r['intended']} | {r['landed']} | {'yes' if r['correct'] else 'no'} |")

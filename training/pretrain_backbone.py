@@ -375,7 +375,7 @@ def main(argv=None) -> int:
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "loss": sums["loss"] / seen,
                "ce": sums["ce"] / seen, "ortho": sums["ortho"] / seen, "train_acc": sums["correct"] / seen,
                "valid_acc": valid_acc, "valid_mean_class_acc": valid_mca,
-               "logit_scale": float(model.logit_scale.exp().clamp(max=100)),
+               "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
                "images_per_s": seen / seconds, "seconds": seconds}
         rows.append(row)
         tqdm.write(f"epoch {epoch + 1}: loss {row['loss']:.4f} train acc {row['train_acc']:.4f} "
