@@ -8,12 +8,18 @@ random-weight model behind a visible warning). All logic lives in ``demo/handler
 Privacy: nothing outlives the request on purpose.
 * Images are decoded in memory (``mpafer.images.load_image``); results are kept per browser
   tab in ``gr.State`` (server memory, dropped after ``STATE_TTL_S``).
-* Gradio itself writes each upload, and each image it sends back, to disk. They go to a
-  private ``GRADIO_TEMP_DIR`` made for this process (``private_temp_dir``); the Blocks'
-  ``delete_cache`` removes them once older than ``CACHE_AGE_S`` (checked every
-  ``CACHE_EVERY_S``), and the whole folder is deleted when the app exits, on Ctrl-C or on
-  SIGTERM (how hosts stop containers).
-* Images sent back carry no metadata: EXIF (camera, GPS) of an upload is not copied.
+* Gradio writes each upload (as sent: EXIF and GPS included) to disk before a handler runs.
+  Uploads go to a private ``GRADIO_TEMP_DIR`` made for this process (``private_temp_dir``),
+  each in a folder of its own with an unguessable name (``private_uploads``), and the
+  analysis deletes the file as soon as it is decoded, readable or not
+  (``handlers.discard_upload``; the bundled examples stay). Live webcam frames arrive as
+  in-memory data URLs and are never written.
+* The images sent back (boxes, heatmaps) are drawn from the decoded pixels, so they carry
+  no metadata: EXIF (camera, GPS) of an upload is never written anywhere. Gradio serves
+  them from files in the same folder; the Blocks' ``delete_cache`` removes those (and any
+  upload no analysis read, e.g. from a tab closed mid-upload) once older than
+  ``CACHE_AGE_S`` (checked every ``CACHE_EVERY_S``), and the whole folder is deleted when the
+  app exits, on Ctrl-C or on SIGTERM (how hosts stop containers).
 * Blocks have no flagging, examples are not cached, and Gradio's run history (which keeps
   inputs and outputs in the browser, or in a Hugging Face bucket the user connects) is off.
 """
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
+import secrets
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -55,14 +64,33 @@ UNTRAINED_BANNER = (
 )
 INTRO = (
     "# MPA-FER: facial expressions, explained\n"
-    "Every face is found, cropped and classified by MPA-FER (frozen CLIP-style encoders, learned "
-    "text and visual prompts, global-local alignment). The heatmaps show where on the face each "
-    "class's text matched; the table lists the written descriptions that best match each facial region."
+    "The demo finds every face in a photo and shows which facial expression the model sees on each, "
+    "and why: the heatmaps show where on the face each expression's text matched, and the table lists "
+    "the written descriptions (\"corners of the mouth pulled up\") that best match each part of the face. "
+    "The model is MPA-FER: frozen CLIP-style image and text encoders with learned text and visual "
+    "prompts and global-local alignment."
+)
+# one voice for what the model does and does not do; shown on the page and said in the README
+ABOUT = (
+    "**What it does, and what it does not.** The model reads facial **expressions** (how a face looks), "
+    "not inner emotions: a smile is not proof that someone is happy. It learned from one data set, "
+    "FER2013 with FERPlus labels: about 35,000 small (48-pixel), grey photos of faces collected from the "
+    "web, each labelled by crowd workers. It carries that data set's biases (who is in the photos, many "
+    "posed or exaggerated expressions, how the labellers read them) and is less reliable on faces unlike "
+    "those. It is for learning how such systems work, **not for monitoring, grading or judging people.**"
 )
 PRIVACY = (
-    "<small>Privacy: photos and webcam frames are processed in memory and not stored. The temporary "
-    "files the web server needs are deleted within minutes and when the app stops.</small>"
+    "<small>Privacy: your photo is read into memory, and the file your browser uploaded is deleted as soon "
+    "as it has been decoded (the bundled examples stay). Live webcam frames are never written to disk. "
+    "The pictures this page shows you (boxes, heatmaps) are redrawn without metadata (no EXIF, no GPS) and "
+    "deleted within about 6 minutes, and every temporary file when the app stops. A tab's results stay in "
+    "server memory for up to 15 minutes. Nothing is flagged or kept.</small>"
 )
+LIVE_LEGEND = (
+    "Colours on each face: red where the face matches the text of the expression on its label most, blue "
+    "where least (each face on its own scale). Labels are averaged over about half a second."
+)
+HEAT_CLASS_INFO = "starts at the expression the model sees; pick another to compare"
 
 
 def private_temp_dir() -> Path:
@@ -75,6 +103,54 @@ def private_temp_dir() -> Path:
     atexit.register(folder.cleanup)
     os.environ["GRADIO_TEMP_DIR"] = folder.name
     return Path(folder.name)
+
+
+def private_uploads() -> None:
+    """Give every upload a folder of its own, with an unguessable name. Idempotent.
+
+    Gradio 6.31 names an upload's folder after the hash of its bytes, so two people who upload
+    the same photo share one file, and deleting it after one analysis (``handlers.discard_upload``)
+    could pull it from under the other's. Mixing random bytes into that hash keeps the folders
+    apart (and makes a folder's name say nothing about what is in it).
+    """
+    from gradio import route_utils
+
+    upload_file = route_utils.GradioUploadFile
+    if getattr(upload_file, "_mpafer_private", False):
+        return
+    original = upload_file.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.sha.update(secrets.token_bytes(16))
+
+    upload_file.__init__ = __init__
+    upload_file._mpafer_private = True
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app could not listen on ``host``:``port``, in one line that names ``--port``, or None.
+
+    Checked before the model loads, so a port already in use (another copy of the demo) is
+    said at once; the server binds the same way (address reuse on, as uvicorn does)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, OverflowError, UnicodeError) as err:
+        return f"cannot listen on --host {host!r} --port {port}: {getattr(err, 'strerror', None) or err}"
+    with socket.socket(family, kind, proto) as sock:
+        if os.name != "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return (f"port {port} is already in use on {host} (is the demo already running?); "
+                        f"choose another with --port, e.g. --port {port + 1 if port < 65535 else 7860}")
+            if err.errno in (errno.EACCES, errno.EPERM):
+                return f"port {port} needs administrator rights on this machine; choose another with --port, e.g. --port 7860"
+            return f"cannot listen on {host}:{port} ({err.strerror or err}); choose another with --port or --host"
+    return None
 
 
 def torch_threads(concurrency: int = CONCURRENCY) -> int:
@@ -125,18 +201,28 @@ def build_app(predictor):
     """The whole UI as one ``gr.Blocks``, wired to ``demo.handlers`` with ``predictor``."""
     import gradio as gr
 
+    from gradio.utils import get_upload_folder
+
     from demo import handlers
     from mpafer.tracking import FaceTracker
 
     atomic_image_cache()
+    private_uploads()
+    uploads = get_upload_folder()  # where Gradio writes uploads: the private temp folder
+    examples = [p for p in EXAMPLES if p.is_file()]
 
     classes = list(predictor.classes)
 
-    def analyze(image, gradcam, heat_class):
-        return handlers.analyze(predictor, image, gradcam, heat_class)
+    def analyze(image, gradcam):
+        # the second heatmap starts at each face's predicted class; the upload is deleted once decoded
+        return handlers.analyze(predictor, image, gradcam, uploads=uploads, keep=examples)
 
     def select_face(session, index, heat_class, gradcam):
         return handlers.select_face(predictor, session, index, heat_class, gradcam)
+
+    def change_face(session, index, gradcam):
+        view, probe_outputs = handlers.change_face(predictor, session, index, gradcam)
+        return (*view, *probe_outputs)
 
     def probe(session, index, text):
         return handlers.probe(predictor, session, index, text)
@@ -149,6 +235,7 @@ def build_app(predictor):
     with gr.Blocks(title="MPA-FER: facial expressions, explained",
                    delete_cache=(CACHE_EVERY_S, CACHE_AGE_S)) as demo:
         gr.Markdown(INTRO)
+        gr.Markdown(ABOUT, elem_id="about-note")
         if predictor.untrained:
             gr.Markdown(UNTRAINED_BANNER, elem_id="untrained-banner")
         gr.Markdown(f"<small>Model: {predictor.source}</small>")
@@ -160,8 +247,7 @@ def build_app(predictor):
                     image_in = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath",
                                         label="Photo", elem_id="photo-input")
                     gradcam = gr.Checkbox(False, label="Also show Grad-CAM (slower, a second view)")
-                    gr.Examples([[str(p)] for p in EXAMPLES if p.is_file()], inputs=[image_in],
-                                cache_examples=False)
+                    gr.Examples([[str(p)] for p in examples], inputs=[image_in], cache_examples=False)
                 with gr.Column():
                     annotated = gr.Image(label="Faces found", interactive=False, elem_id="annotated",
                                          format=SERVED_FORMAT)
@@ -169,28 +255,41 @@ def build_app(predictor):
             face_selector = gr.Dropdown(choices=[], label="Face", visible=False, elem_id="face-selector",
                                         allow_custom_value=True)  # the handler clamps any index
             with gr.Row():
-                probabilities = gr.Label(num_top_classes=len(classes), label="Expression", elem_id="probabilities")
-                heatmap = gr.Image(label="Where the predicted class matched", interactive=False,
+                probabilities = gr.Label(num_top_classes=len(classes), label="Expression the model sees",
+                                         elem_id="probabilities")
+                heatmap = gr.Image(label="Where the predicted expression matched", interactive=False,
                                    elem_id="heatmap", format=SERVED_FORMAT)
                 with gr.Column():
-                    heat_class = gr.Dropdown(choices=classes, value=classes[0], label="Heatmap for class")
-                    class_heatmap = gr.Image(label="Where this class matched", interactive=False,
+                    heat_class = gr.Dropdown(choices=classes, value=None, label="Heatmap for expression",
+                                             info=HEAT_CLASS_INFO, elem_id="heat-class")
+                    class_heatmap = gr.Image(label="Where this expression matched", interactive=False,
                                              elem_id="class-heatmap", format=SERVED_FORMAT)
-            gradcam_image = gr.Image(label="Grad-CAM for the predicted class", interactive=False,
+            heat_legend = gr.Markdown(elem_id="heat-legend")
+            gradcam_image = gr.Image(label="Grad-CAM for the predicted expression", interactive=False,
                                      visible=False, elem_id="gradcam", format=SERVED_FORMAT)
-            regions = gr.Dataframe(headers=handlers.REGION_HEADERS, label="Best-matching descriptions per region",
+            regions = gr.Dataframe(headers=handlers.REGION_HEADERS,
+                                   label=f"Best-matching descriptions (top {handlers.SHORT_TABLE_ROWS} per region)",
                                    interactive=False, wrap=True, elem_id="regions")
-            with gr.Group():
-                gr.Markdown("### Probe the face with your own words")
-                with gr.Row():
-                    probe_text = gr.Textbox(placeholder="e.g. wrinkled nose", label="Description", scale=4)
-                    probe_button = gr.Button("Probe", scale=1)
-                with gr.Row():
-                    probe_image = gr.Image(label="Where it matches", interactive=False, elem_id="probe-heatmap",
-                                           format=SERVED_FORMAT)
-                    with gr.Column():
-                        probe_message = gr.Markdown()
-                        probe_scores = gr.Dataframe(headers=handlers.PROBE_HEADERS, interactive=False)
+            score_key = gr.Markdown(elem_id="score-key")
+            with gr.Accordion("More descriptions", open=False, elem_id="more-descriptions"):
+                more_regions = gr.Dataframe(headers=handlers.REGION_HEADERS, interactive=False, wrap=True,
+                                            show_label=False, elem_id="more-regions")
+            gr.Markdown("### Probe the face with your own words")
+            with gr.Row(equal_height=True):
+                probe_text = gr.Textbox(placeholder="e.g. wrinkled nose", label="Description", scale=4,
+                                        elem_id="probe-text")
+                probe_button = gr.Button("Probe", variant="primary", size="lg", scale=1, min_width=120,
+                                         elem_id="probe-button")
+            with gr.Row():
+                probe_image = gr.Image(label="Where it matches", interactive=False, elem_id="probe-heatmap",
+                                       format=SERVED_FORMAT)
+                with gr.Column():
+                    # a Textbox, not Markdown: the user's own words are shown as plain text, never rendered
+                    probe_message = gr.Textbox(label="Result", interactive=False, lines=4, elem_id="probe-message")
+                    probe_chart = gr.BarPlot(x=handlers.PROBE_CHART_X, y=handlers.PROBE_CHART_Y, sort="-y",
+                                             label="How close your words are to each expression's text",
+                                             y_title="closer than the average expression (cosine)",
+                                             elem_id="probe-chart")
 
         with gr.Tab("Live webcam"):
             gr.Markdown("Allow the camera, then start recording: each frame is analysed as it arrives "
@@ -200,20 +299,28 @@ def build_app(predictor):
                                   elem_id="live-webcam")
                 live_out = gr.Image(label="Live expression", interactive=False, elem_id="live-output",
                                     format=SERVED_FORMAT)
+            gr.Markdown(LIVE_LEGEND, elem_id="live-legend")
             live_tracker = gr.State(None, time_to_live=STATE_TTL_S)
         gr.Markdown(PRIVACY)
 
-        face_panel = [probabilities, heatmap, class_heatmap, gradcam_image, regions]
+        # in the order of handlers.FaceView and handlers.ProbeOutputs
+        face_panel = [probabilities, heatmap, class_heatmap, gradcam_image, regions, more_regions, heat_legend,
+                      score_key, heat_class]
+        probe_panel = [probe_image, probe_message, probe_chart]
         # preprocess=False: the handler gets the upload's path and reads it itself, so a non-image
-        # gets a friendly message and a huge JPEG is decoded at reduced size (see handlers.py)
-        image_in.change(analyze, [image_in, gradcam, heat_class],
-                        [annotated, message, face_selector, *face_panel, session], api_name="analyze",
+        # gets a friendly message and a huge JPEG is decoded at reduced size (see handlers.py).
+        # A new photo resets the class picker to the predicted class and clears the last probe.
+        image_in.change(analyze, [image_in, gradcam],
+                        [annotated, message, face_selector, *face_panel, *probe_panel, session], api_name="analyze",
                         preprocess=False)
-        # .input: only what the user changes (analyze sets the face selector itself)
-        for control in (face_selector, heat_class, gradcam):
+        # .input: only what the user changes (analyze sets the face selector itself). Another face
+        # resets the class picker and clears the probe; another class or Grad-CAM keeps both.
+        face_selector.input(change_face, [session, face_selector, gradcam], [*face_panel, *probe_panel],
+                            api_name=False, show_progress="hidden")
+        for control in (heat_class, gradcam):
             control.input(select_face, [session, face_selector, heat_class, gradcam], face_panel,
                           api_name=False, show_progress="hidden")
-        probe_io = ([session, face_selector, probe_text], [probe_image, probe_message, probe_scores])
+        probe_io = ([session, face_selector, probe_text], probe_panel)
         probe_button.click(probe, *probe_io, api_name="probe")
         probe_text.submit(probe, *probe_io, api_name=False)
         webcam.stream(live, [webcam, live_tracker], [live_out, live_tracker], stream_every=LIVE_STREAM_EVERY_S,
@@ -221,12 +328,22 @@ def build_app(predictor):
     return demo
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {value}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="MPA-FER Gradio demo")
     # hosts such as Hugging Face Spaces say where to listen through Gradio's own variables
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+    parser.add_argument("--port", type=_port, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="default 7860, or $GRADIO_SERVER_PORT")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--checkpoint", default=None,
@@ -240,6 +357,10 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    problem = port_problem(args.host, args.port)  # before the model loads: said at once
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     private_temp_dir()
     import torch
 
@@ -256,9 +377,17 @@ def main(argv=None) -> int:
         print(f"error: cannot load the model: {err}", file=sys.stderr)
         return 2
     demo = build_app(predictor)
-    demo.queue(default_concurrency_limit=CONCURRENCY).launch(
-        server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)
-    predictor.close()
+    try:
+        demo.queue(default_concurrency_limit=CONCURRENCY).launch(
+            server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)
+    except OSError as err:  # the port was taken between the check and the launch
+        if "port" not in str(err).lower():
+            raise
+        print(f"error: port {args.port} is already in use on {args.host}; choose another with --port, "
+              f"e.g. --port {args.port + 1 if args.port < 65535 else 7860}", file=sys.stderr)
+        return 2
+    finally:
+        predictor.close()
     return 0
 
 

@@ -7,22 +7,36 @@ Uploads arrive as Gradio's raw file payload (the app turns Gradio's own image de
 off, which would fail on a non-image before a handler could answer, and would decode a huge
 photo at full size), webcam frames as numpy arrays. Both are read with
 ``mpafer.images.load_image``, so EXIF rotation, transparency, grey scale, 16-bit and huge
-images are handled in one place.
+images are handled in one place. Gradio's file of an upload is deleted as soon as it is
+decoded (``discard_upload``).
+
+What the screen says is written here too: scores in words (``match_words``), the colour
+legend drawn under every heatmap (``with_legend``), the probe's messages. The model reads
+facial *expressions* (how a face looks), not what a person feels; the wording keeps to that.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import filecmp
 import logging
+import math
+import threading
+import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
 
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mpafer.description_bank import DESCRIPTION_TEMPLATE
+from mpafer.description_scores import DescriptionScore
 from mpafer.explain import overlay
-from mpafer.images import ImageError, load_image
+from mpafer.heatmaps import HeatScale
+from mpafer.images import MIN_SIDE, ImageError, load_image
 from mpafer.predictor import FaceResult, Predictor
 from mpafer.tracking import FaceTracker
 
@@ -30,10 +44,14 @@ log = logging.getLogger("mpafer.demo")
 
 UPLOAD_MAX_SIDE = 1600  # longest side kept from an upload: enough for small faces in groups
 LIVE_MAX_SIDE = 480  # webcam frames are downscaled to this first: detection and drawing stay cheap
-REGION_HEADERS = ["region", "description", "written for", "score", "rank"]
-PROBE_HEADERS = ["class", "cosine to the class prompt"]
+REGION_HEADERS = ["region", "description", "written for", "match", "rank in region"]
+SHORT_TABLE_ROWS = 3  # descriptions per region in the short table; the rest are behind an accordion
+PROBE_MAX_CHARS = 200  # longer probes are cut (and the user told): text encoders read ~77 tokens at most
+PROBE_CHART_X, PROBE_CHART_Y = "expression", "closeness"
 
 NO_IMAGE = "Upload a photo, take one with the webcam, or pick an example."
+NO_PROBE_FACE = "Analyse a photo with a face first, then type a description."
+PROBE_EXAMPLE = "e.g. wrinkled nose, or eyes wide open"
 NO_FACE = ("**No face found.** Try a photo where the faces are frontal and well lit, and at least "
            "about 40 pixels tall (faces that are smaller, turned away or covered can be missed).")
 FAILED = "**Something went wrong while analysing this image.** Please try another one."
@@ -54,10 +72,20 @@ class Session:
 
 class FaceView(NamedTuple):
     probabilities: dict[str, float] | None
-    heatmap: Image.Image | None  # the predicted class
-    class_heatmap: Image.Image | None  # the class picked in the dropdown
+    heatmap: Image.Image | None  # the predicted class, with its colour legend below
+    class_heatmap: Image.Image | None  # the class picked in the dropdown, on the same scale
     gradcam: dict[str, Any]  # a gr.update for the Grad-CAM image (hidden when off)
-    regions: list[list[Any]]
+    regions: list[list[Any]]  # the best SHORT_TABLE_ROWS descriptions per region
+    more_regions: list[list[Any]]  # the other scored descriptions (behind an accordion)
+    heat_legend: str  # what red and blue mean, and the scale (markdown)
+    score_key: str  # what the match words and numbers mean (markdown)
+    heat_class: dict[str, Any]  # gr.update for the class picker: the class its heatmap shows
+
+
+class ProbeOutputs(NamedTuple):
+    heatmap: Image.Image | None
+    message: str  # plain text: shown in a Textbox, never rendered as markdown or HTML
+    chart: Any  # pandas DataFrame (PROBE_CHART_X, PROBE_CHART_Y) for a bar chart, or None
 
 
 class AnalyzeOutputs(NamedTuple):
@@ -69,16 +97,19 @@ class AnalyzeOutputs(NamedTuple):
     class_heatmap: Image.Image | None
     gradcam: dict[str, Any]
     regions: list[list[Any]]
+    more_regions: list[list[Any]]
+    heat_legend: str
+    score_key: str
+    heat_class: dict[str, Any]
+    probe_heatmap: Image.Image | None  # a new photo clears the last probe's results
+    probe_message: str
+    probe_chart: Any
     session: Session | None
 
 
-class ProbeOutputs(NamedTuple):
-    heatmap: Image.Image | None
-    message: str
-    scores: list[list[Any]]
-
-
-EMPTY_FACE = FaceView(None, None, None, gr.update(value=None, visible=False), [])
+EMPTY_FACE = FaceView(None, None, None, gr.update(value=None, visible=False), [], [], "", "", gr.update())
+EMPTY_PROBE = ProbeOutputs(None, "", None)
+UNCHANGED = AnalyzeOutputs(*(gr.skip() for _ in AnalyzeOutputs._fields))  # every output left as it is
 
 
 # ---- drawing -----------------------------------------------------------------------------------
@@ -251,20 +282,150 @@ def _paste_heat(canvas: Image.Image, face: FaceResult) -> None:
     canvas.paste(tile, (x0, y0))  # PIL clips what falls outside the frame
 
 
-def heatmap_image(face: FaceResult, heat: np.ndarray) -> Image.Image:
-    return overlay(face.crop, heat)
+# ---- colour legends -----------------------------------------------------------------------------
+
+HEAT_CMAP = "jet"  # what mpafer.heatmaps.overlay colours with: blue (0) ... red (1)
+WEAK_STRONG = ("blue: weak match", "red: strong match")
+
+
+def legend_strip(width: int, left: str, right: str, notes: Iterable[str] = (), cmap: str = HEAT_CMAP
+                 ) -> Image.Image:
+    """A white strip ``width`` wide: the colormap from its cold end (left) to its hot end, the
+    words for both ends under it, then centred lines of ``notes`` (the scale)."""
+    from matplotlib import colormaps  # no pyplot: no GUI backend
+
+    notes = [n for n in notes if n]
+    pad, bar_h = 3, 8
+    size = 11
+    font = _font(size)
+    while size > 8 and max([font.getlength(f"{left}  {right}"), *map(font.getlength, notes)]) > width - 2 * pad:
+        size -= 1
+        font = _font(size)
+    line = size + 3
+    strip = Image.new("RGB", (width, pad + bar_h + pad + line * (1 + len(notes)) + pad), (255, 255, 255))
+    colours = colormaps[cmap](np.linspace(0.0, 1.0, max(1, width - 2 * pad)))[:, :3]
+    bar = np.repeat((colours[None] * 255 + 0.5).astype(np.uint8), bar_h, axis=0)
+    strip.paste(Image.fromarray(bar), (pad, pad))
+    draw = ImageDraw.Draw(strip)
+    y = pad + bar_h + pad
+    draw.text((pad, y), left, fill=(0, 0, 0), font=font)
+    draw.text((width - pad - font.getlength(right), y), right, fill=(0, 0, 0), font=font)
+    for row, note in enumerate(notes, 1):
+        draw.text(((width - font.getlength(note)) / 2, y + row * line), note, fill=(70, 70, 70), font=font)
+    return strip
+
+
+def with_legend(image: Image.Image, left: str, right: str, notes: Iterable[str] = ()) -> Image.Image:
+    """``image`` with a colour legend (``legend_strip``) below it: what red and blue mean, on what scale."""
+    strip = legend_strip(image.width, left, right, notes)
+    out = Image.new("RGB", (image.width, image.height + strip.height), (255, 255, 255))
+    out.paste(image, (0, 0))
+    out.paste(strip, (0, image.height))
+    return out
+
+
+def heatmap_image(face: FaceResult, heat: np.ndarray, scale: HeatScale | None = None) -> Image.Image:
+    """A class heatmap on the face's crop; with ``scale`` (the face's one scale for all classes),
+    the colour legend below it."""
+    picture = overlay(face.crop, heat)
+    if scale is None:
+        return picture
+    return with_legend(picture, *WEAK_STRONG,
+                       [f"cosine {scale.low:.3f} (blue) to {scale.high:.3f} (red)", "one scale for all expressions"])
+
+
+def heat_legend(scale: HeatScale, gradcam: bool = False) -> str:
+    """The words beside the class heatmaps: what the colours mean and the face's one scale."""
+    text = (f"**Reading the colours.** Red marks the parts of the face whose features are closest to the "
+            f"expression's text, blue the furthest. Both heatmaps use one scale for every expression of this "
+            f"face (cosine similarity {scale.low:.3f} at blue to {scale.high:.3f} at red), so an expression "
+            f"that matches weakly everywhere stays blue. A heatmap shows where the model looked, not a reason "
+            f"a person would give.")
+    if gradcam:
+        text += (" Grad-CAM has a scale of its own: red marks what raised the expression's score most, "
+                 "blue what did not raise it.")
+    return text
+
+
+# ---- scores in words -----------------------------------------------------------------------------
+
+STRONG_Z, SOME_Z = 1.0, 0.0  # calibrated scores: standard deviations above the average face
+STRONG_GAIN, SOME_GAIN = 0.05, 0.0  # region_minus_face: cosine above the rest of the face
+STRONG_SHARE, SOME_SHARE = 0.1, 1 / 3  # uncalibrated scores: best tenth / third of the region's descriptions
+
+
+def match_level(score: DescriptionScore) -> str:
+    """"strong match", "some match" or "no match" for one description's score on a face."""
+    if score.method == "zscore":
+        strong, some = score.score >= STRONG_Z, score.score >= SOME_Z
+    elif score.method == "region_minus_face":
+        strong, some = score.score >= STRONG_GAIN, score.score > SOME_GAIN
+    else:  # raw cosines are not comparable between descriptions: compare ranks within the region
+        strong = score.rank <= max(1, math.ceil(score.of * STRONG_SHARE))
+        some = score.rank <= max(1, math.ceil(score.of * SOME_SHARE))
+    return "strong match" if strong else "some match" if some else "no match"
+
+
+def match_words(score: DescriptionScore) -> str:
+    """What a teacher can read aloud: the words, with the number beside them ("strong match (+1.4)")."""
+    number = f"{score.score:.3f}" if score.method == "raw" else (
+        f"{score.score:+.1f}" if score.method == "zscore" else f"{score.score:+.3f}")
+    return f"{match_level(score)} ({number})"
+
+
+def score_key(face: FaceResult) -> str:
+    """What the match words and numbers of ``face``'s description table mean."""
+    first = next((item for items in face.regions.values() for item in items), None)
+    if first is None:
+        return ""
+    method = first.method
+    if method == "zscore":
+        how = (f"the number is how far above the average face the description scores, in standard "
+               f"deviations of faces it was calibrated on: **strong match** {STRONG_Z:+.0f} or more, "
+               f"**some match** {SOME_Z:.0f} to {STRONG_Z:+.0f}, **no match** below {SOME_Z:.0f}.")
+    elif method == "region_minus_face":
+        how = (f"the number is how much better the description matches its region than the rest of this "
+               f"face (a cosine difference): **strong match** {STRONG_GAIN:+.2f} or more, **some match** "
+               f"above 0, **no match** 0 or less.")
+    else:
+        how = ("no calibration is stored with this model, so the number is the raw cosine similarity and the "
+               "words compare the descriptions of a region with one another on this face: **strong match** "
+               "the best tenth, **some match** the best third, **no match** the rest.")
+    return (f"**Match** says how well a written description fits its part of this face; {how} "
+            f"*Rank in region*: 1/{first.of} is the best of the {first.region} region's {first.of} descriptions. "
+            f"*(predicted)*: written for the expression the model sees.")
+
+
+def confidence_words(probability: float) -> str:
+    if probability >= 0.8:
+        return "the model is quite sure"
+    if probability >= 0.5:
+        return "the model is fairly sure"
+    return "the model is unsure: other expressions score close"
 
 
 # ---- results to UI values --------------------------------------------------------------------------
 
 
+def _row(item: DescriptionScore) -> list[Any]:
+    mark = " (predicted)" if item.predicted else ""
+    return [item.region, item.text, item.class_name + mark, match_words(item), f"{item.rank}/{item.of}"]
+
+
+def region_tables(face: FaceResult, short: int = SHORT_TABLE_ROWS) -> tuple[list[list[Any]], list[list[Any]]]:
+    """(short table, the rest): per region, its ``short`` best-ranked descriptions, then the others."""
+    first, rest = [], []
+    for items in face.regions.values():
+        ranked = sorted(items, key=lambda item: item.rank)
+        first.extend(_row(item) for item in ranked[:short])
+        rest.extend(_row(item) for item in ranked[short:])
+    return first, rest
+
+
 def region_rows(face: FaceResult) -> list[list[Any]]:
-    rows = []
-    for region, items in face.regions.items():
-        for item in items:
-            mark = " (predicted)" if item.predicted else ""
-            rows.append([region, item.text, item.class_name + mark, round(item.score, 3), f"{item.rank}/{item.of}"])
-    return rows
+    """Every scored description of ``face`` as table rows, best-ranked first within each region."""
+    first, rest = region_tables(face, short=10**6)
+    return first + rest
 
 
 def _face_at(session: Session | None, index: Any) -> FaceResult | None:
@@ -279,19 +440,26 @@ def _face_at(session: Session | None, index: Any) -> FaceResult | None:
 
 def face_view(predictor: Predictor, session: Session | None, index: Any, heat_class: str | None,
               gradcam: bool) -> FaceView:
-    """Everything shown for the selected face."""
+    """Everything shown for the selected face. ``heat_class``: the class of the second heatmap;
+    None (or an unknown name) is the face's predicted class, and the picker is set to it."""
     face = _face_at(session, index)
     if face is None:
         return EMPTY_FACE
     try:
         chosen = heat_class if heat_class in predictor.classes else face.label
-        picked = heatmap_image(face, predictor.class_heatmap(face, chosen))
+        scale = predictor.heat_scale(face)
+        picked = heatmap_image(face, predictor.class_heatmap(face, chosen), scale)
+        short, more = region_tables(face)
         return FaceView(
             probabilities=dict(face.probabilities),
-            heatmap=heatmap_image(face, predictor.class_heatmap(face, face.label)),
+            heatmap=heatmap_image(face, predictor.class_heatmap(face, face.label), scale),
             class_heatmap=picked,
             gradcam=gradcam_update(predictor, face, gradcam),
-            regions=region_rows(face),
+            regions=short,
+            more_regions=more,
+            heat_legend=heat_legend(scale, bool(gradcam)),
+            score_key=score_key(face),
+            heat_class=gr.update(value=chosen),
         )
     except Exception:  # noqa: BLE001 - the UI shows an empty panel, the log keeps the cause
         log.exception("could not render the face view")
@@ -303,7 +471,9 @@ def gradcam_update(predictor: Predictor, face: FaceResult, enabled: bool) -> dic
         return gr.update(value=None, visible=False)
     if face.gradcam is None:
         predictor.add_gradcam([face])  # computed once per face, then kept with it
-    return gr.update(value=overlay(face.crop, face.gradcam), visible=True)
+    picture = with_legend(overlay(face.crop, face.gradcam), "blue: no influence", "red: most",
+                          ["Grad-CAM: what raised the score,", "0 (blue) to this face's most (red)"])
+    return gr.update(value=picture, visible=True)
 
 
 # ---- handlers ------------------------------------------------------------------------------------
@@ -325,9 +495,78 @@ def image_source(value: Any) -> Any:
     raise ImageError("the upload carried no file")
 
 
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        return path.stat().st_size == other.stat().st_size and filecmp.cmp(path, other, shallow=False)
+    except OSError:
+        return False
+
+
+# Uploads deleted lately. Gradio's page fires the image's change event twice when a photo replaces
+# another, both times with the same upload; the second finds the file gone and changes nothing.
+_DISCARDED: "OrderedDict[str, None]" = OrderedDict()
+_DISCARDED_MAX = 4096
+_DISCARDED_LOCK = threading.Lock()
+
+
+def already_discarded(value: Any) -> bool:
+    """True for a file payload whose upload this process has already analysed and deleted."""
+    if not isinstance(value, dict) or not value.get("path"):
+        return False
+    try:
+        path = Path(value["path"]).resolve()
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return False
+    with _DISCARDED_LOCK:
+        known = str(path) in _DISCARDED
+    return known and not path.exists()
+
+
+def _remember_discarded(path: Path) -> None:
+    with _DISCARDED_LOCK:
+        _DISCARDED[str(path)] = None
+        while len(_DISCARDED) > _DISCARDED_MAX:
+            _DISCARDED.popitem(last=False)
+
+
+def discard_upload(value: Any, uploads: str | Path | None, keep: Iterable[str | Path] = ()) -> bool:
+    """Delete Gradio's file of an upload (and its folder, when empty) once it has been decoded.
+
+    Only a file payload (a dict with ``path``) inside ``uploads`` (the app's private temp folder)
+    is deleted, never a file elsewhere, and never a copy of one of the ``keep`` files (the
+    bundled examples, which Gradio hands out again each time an example is clicked). True when
+    a file was deleted.
+    """
+    if uploads is None or not isinstance(value, dict) or not value.get("path"):
+        return False
+    try:
+        root = Path(uploads).resolve()
+        path = Path(value["path"]).resolve()
+    except (OSError, RuntimeError, TypeError, ValueError):
+        return False
+    if root not in path.parents or not path.is_file():
+        return False
+    if any(_same_file(path, Path(k)) for k in keep):
+        return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        log.warning("could not delete an upload", exc_info=True)
+        return False
+    _remember_discarded(path)
+    if path.parent != root:
+        try:
+            path.parent.rmdir()  # Gradio gives each upload a folder of its own
+        except OSError:
+            pass
+    return True
+
 
 def _failure(message: str) -> AnalyzeOutputs:
-    return AnalyzeOutputs(None, message, gr.update(choices=[], value=None, visible=False), *EMPTY_FACE, None)
+    return AnalyzeOutputs(None, message, gr.update(choices=[], value=None, visible=False), *EMPTY_FACE,
+                          *EMPTY_PROBE, None)
 
 
 def describe_faces(faces: list[FaceResult]) -> str:
@@ -336,7 +575,7 @@ def describe_faces(faces: list[FaceResult]) -> str:
     found = getattr(faces, "found", len(faces))
     if len(faces) == 1 and found == 1:
         face = faces[0]
-        return f"**One face:** {face.label} ({face.confidence:.0%})."
+        return f"**One face:** {face.label} ({face.confidence:.0%}): {confidence_words(face.confidence)}."
     listed = "; ".join(f"{n}: {f.label} ({f.confidence:.0%})" for n, f in enumerate(faces, 1))
     head = (f"**Showing the {len(faces)} largest of {found} faces**" if found > len(faces)
             else f"**{len(faces)} faces**")
@@ -352,23 +591,42 @@ def _reason(err: Exception, image: Any) -> str:
     return text[:300]
 
 
-def analyze(predictor: Predictor, image: Any, gradcam: bool = False, heat_class: str | None = None
-            ) -> AnalyzeOutputs:
+def _unreadable(err: Exception, image: Any) -> str:
+    reason = _reason(err, image)
+    for start, heading in (("image too small: ", "This picture is too small to look for a face in"),
+                           ("image too large to open safely: ", "This picture is too large to open safely")):
+        if reason.startswith(start):
+            return f"**{heading}:** {reason[len(start):]}."
+    return f"**This file could not be read as an image.** {reason}"
+
+
+def analyze(predictor: Predictor, image: Any, gradcam: bool = False, heat_class: str | None = None, *,
+            uploads: str | Path | None = None, keep: Iterable[str | Path] = ()) -> AnalyzeOutputs:
     """Find, classify and explain every face in an uploaded image (path, bytes, array, PIL
-    image or Gradio file payload)."""
+    image or Gradio file payload). The second heatmap shows ``heat_class``, by default each
+    face's predicted class; the last probe's results are cleared.
+
+    ``uploads``: the app's private temp folder. A Gradio upload inside it is deleted as soon
+    as it is decoded, readable or not (``discard_upload``; ``keep``: files never deleted).
+    """
     if image is None:
         return _failure(NO_IMAGE)
+    if uploads is not None and already_discarded(image):  # the same upload again: keep what is shown
+        return UNCHANGED
     try:
-        picture = load_image(image_source(image), max_side=UPLOAD_MAX_SIDE)
+        try:
+            picture = load_image(image_source(image), max_side=UPLOAD_MAX_SIDE, min_side=MIN_SIDE)
+        finally:
+            discard_upload(image, uploads, keep)
         faces = predictor.predict(picture, explain=True, gradcam=bool(gradcam), max_side=None)
     except (ImageError, TypeError) as err:
-        return _failure(f"**This file could not be read as an image.** {_reason(err, image)}")
+        return _failure(_unreadable(err, image))
     except Exception:  # noqa: BLE001 - never a stack trace in the UI
         log.exception("analysis failed")
         return _failure(FAILED)
     if not faces:
         return AnalyzeOutputs(picture, NO_FACE, gr.update(choices=[], value=None, visible=False),
-                              *EMPTY_FACE, None)
+                              *EMPTY_FACE, *EMPTY_PROBE, None)
     session = Session.keep(faces)
     choices = [(f"Face {face_caption(n, face)}", n - 1) for n, face in enumerate(faces, 1)]
     return AnalyzeOutputs(
@@ -376,35 +634,154 @@ def analyze(predictor: Predictor, image: Any, gradcam: bool = False, heat_class:
         describe_faces(faces),
         gr.update(choices=choices, value=0, visible=len(faces) > 1),
         *face_view(predictor, session, 0, heat_class, bool(gradcam)),
+        *EMPTY_PROBE,
         session,
     )
 
 
 def select_face(predictor: Predictor, session: Session | None, index: Any, heat_class: str | None,
                 gradcam: bool) -> FaceView:
-    """Re-render the panel for another face, class or Grad-CAM setting: no new forward pass."""
+    """Re-render the panel for another class or Grad-CAM setting: no new forward pass."""
     return face_view(predictor, session, index, heat_class, bool(gradcam))
 
 
-def probe(predictor: Predictor, session: Session | None, index: Any, text: str | None) -> ProbeOutputs:
-    """Where a typed description matches the selected face, and how it scores against each class."""
+def change_face(predictor: Predictor, session: Session | None, index: Any, gradcam: bool
+                ) -> tuple[FaceView, ProbeOutputs]:
+    """Another face picked: its panel, with the class picker back on its predicted class, and
+    the last probe's results (which were about the other face) cleared."""
+    return face_view(predictor, session, index, None, bool(gradcam)), EMPTY_PROBE
+
+
+# ---- the probe -----------------------------------------------------------------------------------
+
+# Common words of other languages that are not English words: a probe with one gets a notice.
+NOT_ENGLISH = frozenset("""
+    le les des du une est et avec sans yeux bouche sourire très
+    el los las una con sin del ojos boca sonrisa muy
+    der das und mit ein eine nicht ist augen mund lächeln sehr
+    il della gli occhi bocca sorriso molto
+    het een niet ogen mond glimlach och ett inte ögon leende não com uma olhos sorriso
+""".split())
+PROBE_STRONG_SHARE, PROBE_SOME_SHARE = 0.8, 0.5  # share of the written descriptions a probe beats
+
+
+def clean_probe(text: Any) -> tuple[str | None, str]:
+    """(the words to probe, or None; what to tell the user). Control characters and runs of
+    spaces are dropped, text longer than ``PROBE_MAX_CHARS`` is cut at a word (and the note
+    says so); anything that is not text with letters in it is refused with a message."""
+    if not isinstance(text, str):
+        return None, f"The probe takes text: type a few words that describe a face ({PROBE_EXAMPLE})."
+    printable = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    cleaned = " ".join(printable.split())
+    if not cleaned:
+        return None, f"Type a description of a face first ({PROBE_EXAMPLE})."
+    if not any(ch.isalpha() for ch in cleaned):
+        return None, f"Type words, not only numbers or symbols ({PROBE_EXAMPLE})."
+    if len(cleaned) <= PROBE_MAX_CHARS:
+        return cleaned, ""
+    cut = cleaned[:PROBE_MAX_CHARS]
+    if " " in cut and not cleaned[PROBE_MAX_CHARS].isspace():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut, (f"Your text was {len(cleaned)} characters long; probes are limited to {PROBE_MAX_CHARS}, "
+                 f"so only the first {len(cut)} were used.")
+
+
+def language_notice(text: str) -> str:
+    """A notice when ``text`` does not look like English (other scripts, accents, common words of
+    other languages): the text encoders learned English, so the match would mean little."""
+    letters = [ch for ch in text if ch.isalpha()]
+    names = [unicodedata.name(ch, "") for ch in letters]
+    other_script = any("LATIN" not in name for name in names)
+    accented = any("LATIN" in name and " WITH " in name for name in names)
+    words = {"".join(ch for ch in word if ch.isalpha()) for word in text.lower().split()}
+    if not (other_script or accented or words & NOT_ENGLISH):
+        return ""
+    return ("Notice: this does not look like English. The model's text encoder learned English, so in "
+            "another language the match means little; try the same words in English.")
+
+
+def probe_prompt(text: str) -> str:
+    """The user's words in the face template the model's descriptions are encoded with
+    (``mpafer.description_bank.DESCRIPTION_TEMPLATE``, "a photo of a face with {description}."),
+    so a probe and a written description are compared on equal terms. Text that already
+    starts like a template ("a photo of ...") is kept as it is."""
+    body = text.strip().rstrip(" .!?;:,")
+    if body.lower().startswith(("a photo of", "a picture of", "a face with")):
+        return body + "."
+    return DESCRIPTION_TEMPLATE.format(description=body)
+
+
+def _probe_share(predictor: Predictor, face: FaceResult, mean: float) -> tuple[float, int] | None:
+    """(share of the model's written descriptions that match ``face`` less than a probe whose mean
+    cosine over the face is ``mean``, how many there are), measured the same way on the same face."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            maps = predictor.explainer.description_maps(face.patch_features)  # (K, h, w) cosines
+        values = maps.float().cpu().numpy().reshape(maps.shape[0], -1)
+        mask = face.region_masks.get("face")
+        if mask is not None and np.asarray(mask).any():
+            values = values[:, np.asarray(mask, dtype=bool).reshape(-1)]
+        means = values.mean(axis=1)
+    except Exception:  # noqa: BLE001 - the words are a help; the probe stands without them
+        log.exception("could not compare the probe with the written descriptions")
+        return None
+    if means.size == 0:
+        return None
+    return float((means < mean).mean()), int(means.size)
+
+
+def probe_level(share: float) -> str:
+    if share >= PROBE_STRONG_SHARE:
+        return "strong match"
+    if share >= PROBE_SOME_SHARE:
+        return "some match"
+    return "no match"
+
+
+def probe_chart(class_similarity: dict[str, float]):
+    """The bar chart's data: how much closer the probe's text is to each expression's text than
+    to the average expression (cosine minus the mean over expressions), largest first."""
+    import pandas as pd
+
+    mean = sum(class_similarity.values()) / max(1, len(class_similarity))
+    ranked = sorted(class_similarity.items(), key=lambda item: -item[1])
+    return pd.DataFrame({PROBE_CHART_X: [name for name, _ in ranked],
+                         PROBE_CHART_Y: [round(value - mean, 4) for _, value in ranked]})
+
+
+def probe(predictor: Predictor, session: Session | None, index: Any, text: Any) -> ProbeOutputs:
+    """Where a typed description matches the selected face, and how close it is to each
+    expression. The text goes through the same face template as the model's descriptions
+    (``probe_prompt``). The message is plain text: the user's words are never rendered."""
     face = _face_at(session, index)
     if face is None:
-        return ProbeOutputs(None, "Analyse a photo with a face first, then type a description.", [])
-    if not text or not text.strip():
-        return ProbeOutputs(None, "Type a description, e.g. *wrinkled nose* or *eyes wide open*.", [])
+        return ProbeOutputs(None, NO_PROBE_FACE, None)
+    words, note = clean_probe(text)
+    if words is None:
+        return ProbeOutputs(None, note, None)
+    prompt = probe_prompt(words)
     try:
-        result = predictor.probe(face, text)
+        result = predictor.probe(face, prompt)
     except ValueError as err:
-        return ProbeOutputs(None, str(err), [])
+        return ProbeOutputs(None, str(err), None)
     except Exception:  # noqa: BLE001
         log.exception("probe failed")
-        return ProbeOutputs(None, "**The probe failed.** Please try another description.", [])
-    ranked = sorted(result.class_similarity.items(), key=lambda item: -item[1])
-    message = (f"**“{result.text}”**: mean match over the face {result.mean_activation:.3f}, "
-               f"peak {result.peak_activation:.3f}; closest class prompt: **{result.closest_class}**.")
-    return ProbeOutputs(overlay(face.crop, result.heatmap), message,
-                        [[name, round(value, 3)] for name, value in ranked])
+        return ProbeOutputs(None, "The probe failed. Please try another description.", None)
+    share = _probe_share(predictor, face, result.mean_activation)
+    if share is None:
+        verdict = f"Mean match over the face: {result.mean_activation:.3f} (cosine)."
+    else:
+        verdict = (f"{probe_level(share[0]).capitalize()} ({result.mean_activation:.3f}): it matches this "
+                   f"face better than {share[0]:.0%} of the model's {share[1]} written descriptions do.")
+    lines = [f'"{words}", read by the model as "{prompt}" (the wording of its own descriptions).', verdict,
+             f"Red on the heatmap: where it matches best. Closest expression: {result.closest_class}.",
+             note, language_notice(words)]
+    low, high = float(np.min(result.map)), float(np.max(result.map))
+    picture = with_legend(overlay(face.crop, result.heatmap), *WEAK_STRONG,
+                          [f"cosine {low:.3f} (blue) to {high:.3f} (red)", "this description's own scale"])
+    return ProbeOutputs(picture, "\n".join(line for line in lines if line), probe_chart(result.class_similarity))
 
 
 def smooth(predictor: Predictor, faces: list[FaceResult], tracker: FaceTracker,

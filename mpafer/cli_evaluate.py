@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset adapter (default: ferplus)")
     parser.add_argument("--data", required=True, help="dataset folder")
     parser.add_argument("--split", default="test", help="train, valid or test (default: test)")
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: the bundled model, or $MPAFER_CHECKPOINT)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: the bundled model, or $MPAFER_CHECKPOINT; "
+                                             "'untrained' for random weights, as in predict)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every metric")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -67,7 +68,7 @@ def decode_size(requested, dataset: str, model_size: int, trained_data: dict) ->
     return None if dataset == "ferplus" else model_size
 
 
-def _human_report(metrics: dict, checkpoint: Path, dataset: str, split: str) -> str:
+def _human_report(metrics: dict, checkpoint: Path | str, dataset: str, split: str) -> str:
     lines = [f"{dataset} {split}: n = {metrics['n']}, checkpoint {checkpoint}"
              + (" (flip TTA)" if metrics.get("tta_flip") else ""),
              f"accuracy             {metrics['accuracy']:.4f}",
@@ -85,14 +86,23 @@ def _human_report(metrics: dict, checkpoint: Path, dataset: str, split: str) -> 
     return "\n".join(lines)
 
 
+UNTRAINED_WARNING = "WARNING: untrained model with random weights; its accuracy is chance level, not a result"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else defaults.default_checkpoint()
-    if checkpoint is None:
+    # "untrained" means what it means to predict and the demo: the seeded random-weight model
+    # (a folder called "untrained" can be given as ./untrained)
+    untrained = args.checkpoint == "untrained"
+    if untrained:
+        checkpoint = None
+    else:
+        checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else defaults.default_checkpoint()
+    if checkpoint is None and not untrained:
         print(f"error: no checkpoint given and no bundled model is present yet "
               f"(expected {defaults.MODELS_DIR / defaults.DEFAULT_MODEL_NAME}). "
-              f"Pass --checkpoint PATH (a folder with mpafer.json, e.g. runs/<name>/best) "
-              f"or set ${defaults.CHECKPOINT_ENV}.", file=sys.stderr)
+              f"Pass --checkpoint PATH (a folder with mpafer.json, e.g. runs/<name>/best), "
+              f"set ${defaults.CHECKPOINT_ENV}, or try the pipeline with --checkpoint untrained.", file=sys.stderr)
         return 2
 
     from .backbone import BackboneError
@@ -111,8 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
         return 2
     try:
-        trained_data = (read_metadata(checkpoint).get("extra") or {}).get("data") or {}
-        model = load_checkpoint(checkpoint, device=device)
+        if untrained:
+            from .predictor import FALLBACK_BACKBONE, untrained_model
+
+            if args.json:  # stdout is the one JSON object (with "untrained": true); the table says it itself
+                print(UNTRAINED_WARNING, file=sys.stderr)
+            trained_data, model = {}, untrained_model(device)
+            checkpoint = f"untrained fallback ({FALLBACK_BACKBONE}, random weights)"
+        else:
+            trained_data = (read_metadata(checkpoint).get("extra") or {}).get("data") or {}
+            model = load_checkpoint(checkpoint, device=device)
         size = decode_size(args.image_size, args.dataset, model.image_size, trained_data)
         data = load_dataset(args.dataset, args.data, args.split, image_size=size, skip_bad=args.skip_bad,
                             cache_dir=args.cache_dir)
@@ -123,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, BackboneError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    metrics.update({"dataset": args.dataset, "split": args.split, "checkpoint": str(checkpoint)})
+    metrics.update({"dataset": args.dataset, "split": args.split, "checkpoint": str(checkpoint),
+                    "untrained": untrained})
     if args.json:
         print(json.dumps(metrics))
     else:
+        if untrained:
+            print(UNTRAINED_WARNING)
         print(_human_report(metrics, checkpoint, args.dataset, args.split))
         if args.confusion:
             print(f"confusion matrix saved to {args.confusion}")

@@ -14,6 +14,16 @@ from .face_detection import DEFAULT_MAX_FACES
 from .images import ImageError
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mpafer predict",
                                      description="The expression of every face in an image, and why.")
@@ -23,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--gradcam", action="store_true", help="also run Grad-CAM (one backward pass per image)")
     parser.add_argument("--heatmaps", action="store_true", help="with --json: include the maps on the patch grid")
-    parser.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES,
+    parser.add_argument("--max-faces", type=_at_least_one, default=DEFAULT_MAX_FACES,
                         help=f"most faces to analyse, the largest (default {DEFAULT_MAX_FACES})")
     parser.add_argument("--device", default="cpu")
     return parser
@@ -59,11 +69,11 @@ def format_table(faces, source: str, untrained: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .images import load_image
+    args = build_parser().parse_args(argv)  # bad options (--max-faces 0) stop here, before any model loads
+    from .images import MIN_SIDE, load_image
 
     try:  # before the model and the detector load: a bad path fails fast and quietly
-        image = load_image(args.image)
+        image = load_image(args.image, min_side=MIN_SIDE)
     except ImageError as err:
         print(f"error: {err}".splitlines()[0], file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from typing import Any
 
@@ -28,6 +29,10 @@ MAX_PIXELS = 150_000_000
 # to a few hundred pixels and the detector looks at 1024 px, so more is wasted memory.
 DEFAULT_MAX_SIDE = 2048
 
+# Smallest picture worth looking for a face in (``load_image(min_side=...)``): the detector
+# finds faces from about 20 px, and FERPlus's own faces are 48 px.
+MIN_SIDE = 16
+
 WHITE = (255, 255, 255)
 
 
@@ -39,6 +44,7 @@ def load_image(
     source: Any,
     max_side: int | None = DEFAULT_MAX_SIDE,
     max_pixels: int = MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Load ``source`` as an upright RGB image with longer side <= ``max_side``.
 
@@ -46,8 +52,9 @@ def load_image(
     file-like object, a numpy array (HxW, HxWx1, HxWx3 or HxWx4, RGB(A) channel order;
     uint8, uint16, bool, or float in [0, 1]; floats above 1 are read as 0..255) or a
     PIL image. Transparent images are composited on white. ``max_side=None`` keeps the
-    full size. Raises ``ImageError`` for anything that is not a usable image and
-    ``TypeError`` for unsupported source types.
+    full size. With ``min_side`` (e.g. ``MIN_SIDE``), a picture narrower or shorter than that
+    is refused as too small to hold a face. Raises ``ImageError`` for anything that is not a
+    usable image and ``TypeError`` for unsupported source types.
     """
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be positive or None, got {max_side}")
@@ -69,9 +76,20 @@ def load_image(
             "load_image expects a path, bytes, a file object, a numpy array or a PIL image, "
             f"got {type(source).__name__}"
         )
+    if min_side is not None and min(image.size) < min_side:
+        raise ImageError(f"image too small: {image.width}x{image.height} pixels; a face needs a picture "
+                         f"of at least {min_side}x{min_side} pixels")
     # pixels only: camera make, GPS and other EXIF never travel further (privacy); the
     # orientation has already been applied. A fresh image also drops PIL's cached EXIF.
     return Image.fromarray(np.asarray(_shrink(image, max_side)))
+
+
+def _too_large(width: int | None, height: int | None, pixels: float, limit: float, name: str) -> ImageError:
+    """The refusal of a picture with too many pixels (a "decompression bomb"), in plain words."""
+    size = f"{width}x{height} pixels, " if width and height else ""
+    return ImageError(f"image too large to open safely: {size}{pixels / 1e6:,.0f} megapixels, more than "
+                      f"the {limit / 1e6:,.0f} megapixels allowed ({name}). Use a smaller copy of the picture, "
+                      f"for example 4000 pixels on its longest side")
 
 
 def _from_path(path: str | os.PathLike, max_side: int | None, max_pixels: int) -> Image.Image:
@@ -110,7 +128,10 @@ def _decode(fp: Any, name: str, max_side: int | None, max_pixels: int) -> Image.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large to decode safely ({name}): {exc}") from exc
+        # Pillow's own refusal (above 2 * MAX_IMAGE_PIXELS) says only "Image size (N pixels)"
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = float(found.group(1)) if found else 2.0 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise _too_large(None, None, pixels, max_pixels, name) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"not a recognised image format ({name})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -121,10 +142,7 @@ def _decode(fp: Any, name: str, max_side: int | None, max_pixels: int) -> Image.
         if width <= 0 or height <= 0:
             raise ImageError(f"image has zero size {width}x{height} ({name})")
         if width * height > max_pixels:
-            raise ImageError(
-                f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP "
-                f"exceeds the limit of {max_pixels / 1e6:.0f} MP ({name})"
-            )
+            raise _too_large(width, height, width * height, max_pixels, name)
         if max_side is not None and im.format == "JPEG":
             # JPEG can decode at 1/2, 1/4 or 1/8 scale; draft picks the smallest scale that
             # still covers max_side, so a 10000x10000 photo never exists at full size.

@@ -20,7 +20,10 @@ from PIL import Image
 from .augment import to_model_input
 from .input_protocol import to_grey
 from .backbone import BackboneConfig
-from .explain import DescriptionScore, Explainer, ProbeResult, gradcam, normalize_map, region_activation, upsample
+from .description_calibration import load_calibration
+from .explain import (DescriptionScore, Explainer, HeatScale, ProbeResult, gradcam, normalize_map, region_activation,
+                      upsample)
+from .occlusion import OcclusionResult, occlusion_effects, pixel_masks
 from .faces import (DEFAULT_MARGIN, DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, crop_face,
                     face_regions, limit_faces, region_masks)
 from .images import DEFAULT_MAX_SIDE, load_image
@@ -73,7 +76,7 @@ class FaceResult:
     score: float  # detector confidence
     label: str
     probabilities: dict[str, float]
-    heatmaps: dict[str, np.ndarray]  # class -> (S, S) CGLA map on the crop, in [0, 1]
+    heatmaps: dict[str, np.ndarray]  # class -> (S, S) CGLA map on the crop, in [0, 1], one scale for all classes
     regions: dict[str, list[DescriptionScore]]  # region -> best-matching descriptions
     crop: Image.Image  # S x S RGB crop the maps are drawn on
     crop_info: CropInfo
@@ -90,7 +93,8 @@ class FaceResult:
 
     def to_dict(self, heatmaps: bool = False) -> dict[str, Any]:
         """JSON-safe summary. ``heatmaps=True`` adds every class map (and Grad-CAM, if any) on
-        the model's patch grid, normalised to [0, 1], rows top to bottom; the grid covers
+        the model's patch grid, in [0, 1] on one scale for all classes (``heat_scale``: the
+        cosines at 0 and 1), rows top to bottom; the grid covers
         ``crop_box`` (image pixels), so upsampling it bilinearly there redraws the overlay."""
         size = self.crop_info.size
         data: dict[str, Any] = {
@@ -105,7 +109,9 @@ class FaceResult:
             data["gradcam_regions"] = {k: round(v, 4) for k, v in self.gradcam_regions.items()}
         if heatmaps and self.maps is not None:
             classes = list(self.probabilities)
-            data["heatmaps"] = {c: _grid_list(normalize_map(self.maps[i])) for i, c in enumerate(classes)}
+            scale = HeatScale.of(self.maps)
+            data["heatmaps"] = {c: _grid_list(scale.apply(self.maps[i])) for i, c in enumerate(classes)}
+            data["heat_scale"] = [round(scale.low, 4), round(scale.high, 4)]
             if self.gradcam is not None:
                 grid = torch.from_numpy(self.gradcam)[None, None]
                 pooled = torch.nn.functional.adaptive_avg_pool2d(grid, self.maps.shape[-2:])[0, 0]
@@ -164,7 +170,10 @@ class Predictor:
         self.margin = self.protocol.margin if margin is None else margin
         self._owns_detector = detector is None
         self.detector = detector or FaceDetector(max_faces=max_faces)
-        self.explainer = Explainer(self.model)
+        # description statistics stored beside the checkpoint, if any (else raw scores, flagged)
+        folder = Path(self.source)
+        calibration = load_calibration(folder, self.model) if folder.is_dir() else None
+        self.explainer = Explainer(self.model, calibration)
         # one model call at a time: Grad-CAM hooks the model, and CPU threads are better spent
         # inside one batched forward than on several competing ones
         self._lock = threading.RLock()
@@ -258,8 +267,41 @@ class Predictor:
             return face.heatmaps[class_name]
         if class_name not in self.classes or face.maps is None:
             raise ValueError(f"unknown class {class_name!r} (classes: {', '.join(self.classes)})")
-        grid = torch.from_numpy(face.maps[self.classes.index(class_name)])
-        return normalize_map(upsample(grid, face.crop.width))
+        index = self.classes.index(class_name)
+        return self.explainer.class_heatmaps(face.maps, face.crop.width, [index])[class_name]
+
+    def heat_scale(self, face: FaceResult) -> HeatScale:
+        """The one colour scale of this face's class heatmaps (cosines at the cold and hot ends)."""
+        return self.explainer.heat_scale(face.maps)
+
+    def topk_cells(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
+        """(h, w) boolean on the patch grid: the cells that entered the class's local logit."""
+        return self.explainer.topk_cells(face.maps, self.classes.index(class_name or face.label))
+
+    def contrast(self, face: FaceResult, first: str, second: str) -> np.ndarray:
+        """(h, w) "why ``first`` rather than ``second``": first's class map minus second's (cosines)."""
+        return self.explainer.contrast(face.maps, self.classes.index(first), self.classes.index(second))
+
+    def description_heatmap(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
+        """(h, w) where the face matches a class's descriptions (the predicted class by default)."""
+        with self._lock, torch.no_grad():
+            return self.explainer.description_heatmap(face.patch_features, face.region_masks,
+                                                      self.classes.index(class_name or face.label))
+
+    def occlusion(self, face: FaceResult, class_name: str | None = None) -> OcclusionResult:
+        """How the class's probability (the predicted one by default) changes when each facial
+        region is blurred out: one batched forward pass of the occluded copies, flip TTA included."""
+        batch = self.preprocess([face.crop])
+        masks = pixel_masks(face.region_boxes, batch.shape[-1], crop_size=face.crop_info.size)
+        target = self.classes.index(class_name or face.label)
+        return occlusion_effects(lambda images: self.forward(images)[1], batch[0], masks, target)
+
+    def gradcam_map(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
+        """(S, S) Grad-CAM in [0, 1] for any class of a face, without storing it on the face."""
+        batch = self.preprocess([face.crop])
+        with self._lock:
+            cam = gradcam(self.model, batch, [self.classes.index(class_name or face.label)])[0]
+        return normalize_map(upsample(torch.from_numpy(cam), face.crop.width))
 
     def add_gradcam(self, faces: Sequence[FaceResult], classes: Sequence[str] | None = None) -> None:
         """Attach a Grad-CAM map (for the predicted class, or ``classes``) to each face, in place."""

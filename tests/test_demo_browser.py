@@ -5,6 +5,7 @@ Uses Debian's /usr/bin/chromium through pip's playwright (never `playwright inst
 when either is missing. MPAFER_SCREENSHOTS=1 also saves docs/screenshots/demo.png and live.png.
 """
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -97,10 +98,42 @@ def test_upload_shows_label_heatmap_and_descriptions(page):
     expect(heatmap).to_be_visible()
     assert page.evaluate("img => img.complete && img.naturalWidth", heatmap.element_handle()) == 224
     expect(page.locator("#regions")).to_contain_text("mouth")
+    expect(page.locator("#regions")).to_contain_text("match (")
     expect(page.locator("#annotated img")).to_be_visible()
+    expect(page.locator("#about-note")).to_contain_text("not inner emotions")
+    expect(page.locator("#heat-legend")).to_contain_text("cosine similarity")
+    expect(page.locator("#heat-class input")).to_have_value(predicted)  # the picker starts at the prediction
+    # the upload's file is deleted once decoded: the photo the user chose still shows
+    preview = page.locator("#photo-input img").first
+    expect(preview).to_be_visible()
+    assert page.evaluate("img => img.complete && img.naturalWidth", preview.element_handle()) > 0
 
     if os.environ.get("MPAFER_SCREENSHOTS") == "1":
         _save_screenshot(page, "demo.png")
+
+
+def test_probe_plain_text_bar_chart_and_cleared_by_a_new_photo(page, tmp_path):
+    from playwright.sync_api import expect
+
+    button = page.locator("#probe-button")
+    expect(button).to_be_visible()
+    assert "primary" in (button.get_attribute("class") or "")
+    page.locator("#probe-text textarea").fill("<b>wide</b> **eyes**")
+    button.click()
+    result = page.locator("#probe-message textarea")
+    expect(result).to_have_value(re.compile(re.escape('"<b>wide</b> **eyes**"')), timeout=60_000)
+    expect(page.locator("#probe-heatmap img")).to_be_visible()
+    expect(page.locator("#probe-chart canvas, #probe-chart svg").first).to_be_visible()
+    # a new photo (an upload, deleted once decoded, replacing the first): the last probe's results go
+    photo = tmp_path / "mirrored.png"
+    Image.open(ASTRONAUT).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)
+    page.locator("#photo-input input[type=file]").set_input_files(str(photo))
+    expect(result).to_have_value("", timeout=60_000)
+    expect(page.locator("#message")).to_contain_text("One face", timeout=60_000)
+    page.wait_for_timeout(2000)  # the page asks a second time for the same upload: still one face
+    expect(page.locator("#message")).to_contain_text("One face")
+    preview = page.locator("#photo-input img").first
+    assert page.evaluate("img => img.complete && img.naturalWidth", preview.element_handle()) > 0
 
 
 def test_group_picture_every_face_boxed_and_the_limit_said(page, tmp_path):

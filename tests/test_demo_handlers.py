@@ -6,6 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -46,7 +47,8 @@ def test_astronaut_one_face_with_label_and_heatmap(predictor):
     assert len(out.session.faces) == 1
     label = out.session.faces[0].label
     assert label in out.message and max(out.probabilities, key=out.probabilities.get) == label
-    assert out.heatmap.size == (224, 224) and out.class_heatmap.size == (224, 224)
+    # the crop (224 px) with its colour legend below
+    assert out.heatmap.width == 224 and out.heatmap.height > 224 and out.class_heatmap.size == out.heatmap.size
     assert out.face_selector["visible"] is False  # one face: no selector
     assert out.gradcam["visible"] is False
     assert out.annotated.size == (512, 512)
@@ -63,7 +65,7 @@ def test_group_four_faces_and_face_selector(predictor):
     view = handlers.select_face(predictor, out.session, 2, "anger", True)
     face = out.session.faces[2]
     assert view.probabilities == face.probabilities
-    assert view.gradcam["visible"] and view.gradcam["value"].size == (224, 224)
+    assert view.gradcam["visible"] and view.gradcam["value"].width == 224  # with its legend below
     assert face.gradcam is not None  # computed once, kept with the face
     # the dropdown's class changes the second heatmap, not the first
     other = handlers.select_face(predictor, out.session, 2, "happiness", False)
@@ -167,13 +169,187 @@ def test_ten_faces_all_handled_in_bounded_time(predictor):
 def test_probe(predictor):
     out = handlers.analyze(predictor, str(GROUP), False, None)
     probe = handlers.probe(predictor, out.session, 1, "wrinkled nose")
-    assert probe.heatmap.size == (224, 224)
-    assert "wrinkled nose" in probe.message and "closest class prompt" in probe.message
-    assert sorted(row[0] for row in probe.scores) == sorted(predictor.classes)
-    values = [row[1] for row in probe.scores]
-    assert values == sorted(values, reverse=True)
+    assert probe.heatmap.width == 224 and probe.heatmap.height > 224  # with its colour legend
+    assert '"wrinkled nose"' in probe.message and "Closest expression:" in probe.message
+    assert any(probe.message.split("\n")[1].startswith(words) for words in ("Strong match", "Some match", "No match"))
+    # the bar chart's data: every class, largest first, relative to the average class
+    chart = probe.chart
+    assert list(chart[handlers.PROBE_CHART_X]) and sorted(chart[handlers.PROBE_CHART_X]) == sorted(predictor.classes)
+    values = list(chart[handlers.PROBE_CHART_Y])
+    assert values == sorted(values, reverse=True) and abs(sum(values)) < 1e-3
     assert handlers.probe(predictor, out.session, 1, "  ").heatmap is None
     assert "first" in handlers.probe(predictor, None, 0, "smile").message
+
+
+def test_probe_text_goes_through_the_description_template(predictor, monkeypatch):
+    from mpafer.description_bank import DESCRIPTION_TEMPLATE
+
+    session = handlers.analyze(predictor, str(ASTRONAUT)).session
+    seen = []
+    original = predictor.probe
+    monkeypatch.setattr(predictor, "probe", lambda face, text: seen.append(text) or original(face, text))
+    handlers.probe(predictor, session, 0, "  wrinkled   nose. ")
+    handlers.probe(predictor, session, 0, "a photo of a face with a big grin")
+    assert seen == [DESCRIPTION_TEMPLATE.format(description="wrinkled nose"), "a photo of a face with a big grin."]
+    assert DESCRIPTION_TEMPLATE == "a photo of a face with {description}."  # what the bank is encoded with
+
+
+def test_probe_refuses_empty_non_text_and_caps_long_text(predictor):
+    session = handlers.analyze(predictor, str(ASTRONAUT)).session
+    for bad in ("", "   ", "\n\t", None, 42, ["smile"], {"text": "smile"}, "1234 !!! ??", "🙂🙂"):
+        out = handlers.probe(predictor, session, 0, bad)
+        assert out.heatmap is None and out.chart is None and out.message, bad
+        assert "e.g. wrinkled nose" in out.message, (bad, out.message)
+    long = " ".join(["raised inner brows"] * 40)  # 759 characters
+    out = handlers.probe(predictor, session, 0, long)
+    assert out.heatmap is not None
+    assert f"limited to {handlers.PROBE_MAX_CHARS}" in out.message and "759 characters" in out.message
+    used = out.message.split('"')[1]
+    assert len(used) <= handlers.PROBE_MAX_CHARS and long.startswith(used) and long[len(used)] == " "  # cut at a word
+    assert f"only the first {len(used)} were used" in out.message
+    ok = handlers.probe(predictor, session, 0, "raised inner brows")
+    assert "limited to" not in ok.message and "Notice" not in ok.message
+
+
+def test_probe_message_is_plain_text_and_not_english_gets_a_notice(predictor):
+    session = handlers.analyze(predictor, str(ASTRONAUT)).session
+    markup = "<b>wide</b> **eyes** <img src=x onerror=alert(1)> [link](http://x)"
+    out = handlers.probe(predictor, session, 0, markup)
+    assert markup in out.message  # shown as typed (the app shows it in a Textbox), not escaped or dropped
+    assert "Notice" not in out.message
+    for foreign in ("la bouche ouverte avec un sourire", "ojos muy abiertos", "ein breites Lächeln",
+                    "улыбка", "笑顔", "sourire ébahi"):
+        notice = handlers.probe(predictor, session, 0, foreign)
+        assert "does not look like English" in notice.message, foreign
+        assert notice.heatmap is not None  # a notice, not a refusal
+    for english in ("corners of the mouth pulled up", "eyes wide open", "a frown", "nose wrinkled in disgust"):
+        assert handlers.language_notice(english) == "", english
+
+
+def test_heatmaps_carry_a_colour_legend_and_the_picker_starts_at_the_prediction(predictor):
+    out = handlers.analyze(predictor, str(ASTRONAUT))
+    face = out.session.faces[0]
+    assert out.heat_class["value"] == face.label  # no class asked for: the predicted one
+    scale = predictor.heat_scale(face)
+    assert f"{scale.low:.3f}" in out.heat_legend and f"{scale.high:.3f}" in out.heat_legend
+    assert "Red" in out.heat_legend and "blue" in out.heat_legend
+    pixels = np.asarray(out.heatmap)
+    bar = pixels[224 + 3 + 4]  # the middle of the colour bar under the crop
+    left, right = bar[5].astype(int), bar[-6].astype(int)
+    assert left[2] > left[0] + 60 and right[0] > right[2] + 60  # blue on the left, red on the right
+    # another class keeps its pick; another face (or a new photo) goes back to the predicted class
+    other = next(c for c in predictor.classes if c != face.label)
+    assert handlers.select_face(predictor, out.session, 0, other, False).heat_class["value"] == other
+    view, cleared = handlers.change_face(predictor, out.session, 0, False)
+    assert view.heat_class["value"] == face.label and cleared == handlers.EMPTY_PROBE
+    assert handlers.analyze(predictor, str(ASTRONAUT)).probe_message == ""
+
+
+def test_descriptions_short_table_and_the_rest_with_words(predictor):
+    out = handlers.analyze(predictor, str(GROUP))
+    face = out.session.faces[0]
+    per_region = {}
+    for row in out.regions:
+        per_region.setdefault(row[0], []).append(row)
+    assert per_region and all(len(rows) <= handlers.SHORT_TABLE_ROWS for rows in per_region.values())
+    assert len(out.regions) + len(out.more_regions) == sum(len(items) for items in face.regions.values())
+    assert out.more_regions  # the rest, behind the accordion
+    for region, rows in per_region.items():  # the short table holds each region's best-ranked ones
+        ranks = [int(row[4].split("/")[0]) for row in rows]
+        rest = [int(row[4].split("/")[0]) for row in out.more_regions if row[0] == region]
+        assert ranks == sorted(ranks) and (not rest or max(ranks) < min(rest))
+    for row in out.regions + out.more_regions:
+        assert row[3].split(" (")[0] in ("strong match", "some match", "no match"), row
+    assert "Match" in out.score_key and "strong match" in out.score_key
+
+
+def test_score_words():
+    from mpafer.description_scores import DescriptionScore
+
+    def score(value, method="zscore", rank=1, of=150):
+        return DescriptionScore("mouth", "happiness", "lips pulled back", value, 0.2, rank, of, True, method)
+
+    assert handlers.match_words(score(1.46)) == "strong match (+1.5)"
+    assert handlers.match_words(score(0.31)) == "some match (+0.3)"
+    assert handlers.match_words(score(-0.4)) == "no match (-0.4)"
+    assert handlers.match_words(score(0.08, "region_minus_face")) == "strong match (+0.080)"
+    assert handlers.match_level(score(-0.01, "region_minus_face")) == "no match"
+    # uncalibrated cosines: the words compare ranks within the region
+    assert handlers.match_words(score(0.231, "raw", rank=15)) == "strong match (0.231)"
+    assert handlers.match_level(score(0.2, "raw", rank=50)) == "some match"
+    assert handlers.match_level(score(0.2, "raw", rank=51)) == "no match"
+    assert handlers.probe_level(0.9) == "strong match" and handlers.probe_level(0.6) == "some match"
+    assert handlers.probe_level(0.1) == "no match"
+    assert handlers.confidence_words(0.9) == "the model is quite sure"
+    assert handlers.confidence_words(0.3).startswith("the model is unsure")
+
+
+def test_too_small_and_too_large_pictures_are_said_in_plain_words(predictor, tmp_path):
+    tiny = _save(Image.new("RGB", (1, 1), (128, 128, 128)), tmp_path / "dot.png")
+    out = handlers.analyze(predictor, {"path": str(tiny), "orig_name": "dot.png"})
+    assert_friendly(out, "too small", "1x1 pixels")
+    from test_images import png_header_only
+
+    for width, height in ((13000, 12000), (40000, 40000)):
+        bomb = tmp_path / f"bomb{width}.png"
+        bomb.write_bytes(png_header_only(width, height))
+        out = handlers.analyze(predictor, {"path": str(bomb), "orig_name": "huge.png"})
+        assert_friendly(out, "too large to open safely", "megapixels", "smaller copy", "huge.png")
+        assert "DOS" not in out.message and "bomb" not in out.message and str(tmp_path) not in out.message
+
+
+def _exif_photo(path: Path, marker: str) -> bytes:
+    """The astronaut with a unique camera make and GPS position in its EXIF: bytes no other file has."""
+    exif = Image.Exif()
+    exif[0x010F] = marker  # Make
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (51.0, 30.0, 12.0), "W", (0.0, 7.0, 40.0)
+    _astronaut().save(path, quality=90, exif=exif)
+    return path.read_bytes()
+
+
+def test_upload_is_deleted_once_decoded_but_examples_and_other_files_stay(predictor, tmp_path):
+    import shutil
+
+    uploads = tmp_path / "gradio"
+    folder = uploads / "f00d"
+    folder.mkdir(parents=True)
+    upload = folder / "holiday.jpg"
+    data = _exif_photo(upload, "PrivateCam-1")
+    out = handlers.analyze(predictor, {"path": str(upload), "orig_name": "holiday.jpg"}, uploads=uploads,
+                           keep=[ASTRONAUT])
+    assert len(out.session.faces) == 1
+    assert not upload.exists() and not folder.exists() and uploads.is_dir()
+    # the page asks again for the same upload (it does when a photo replaces another): nothing changes
+    again = handlers.analyze(predictor, {"path": str(upload), "orig_name": "holiday.jpg"}, uploads=uploads)
+    assert again == handlers.UNCHANGED and all(value == gr.skip() for value in again)
+    assert not [p for p in uploads.rglob("*") if p.is_file() and p.read_bytes() == data]
+    assert not out.annotated.getexif() and "exif" not in out.annotated.info
+
+    junk = uploads / "beef" / "notes.jpg"  # not an image: deleted all the same
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a photo")
+    assert_friendly(handlers.analyze(predictor, {"path": str(junk), "orig_name": "notes.jpg"}, uploads=uploads),
+                    "notes.jpg")
+    assert not junk.exists()
+
+    example = uploads / "cafe" / "astronaut.jpg"  # Gradio's copy of an example: clicked again later
+    example.parent.mkdir()
+    shutil.copy(ASTRONAUT, example)
+    for _ in range(2):
+        assert handlers.analyze(predictor, {"path": str(example)}, uploads=uploads, keep=[ASTRONAUT]).session
+    assert example.exists()
+
+    mine = tmp_path / "mine.jpg"  # outside the app's upload folder, or a plain path: never deleted
+    shutil.copy(ASTRONAUT, mine)
+    assert handlers.analyze(predictor, {"path": str(mine)}, uploads=uploads).session and mine.exists()
+    sneaky = uploads / ".." / "mine.jpg"
+    assert handlers.analyze(predictor, {"path": str(sneaky)}, uploads=uploads).session and mine.exists()
+    inside = uploads / "dead" / "plain.jpg"
+    inside.parent.mkdir()
+    shutil.copy(ASTRONAUT, inside)
+    assert handlers.analyze(predictor, str(inside), uploads=uploads).session and inside.exists()
+    assert handlers.analyze(predictor, {"path": str(inside)}).session and inside.exists()  # no folder given
 
 
 def test_live_frames(predictor):

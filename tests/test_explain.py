@@ -1,12 +1,12 @@
-"""Explanations read off one forward pass: maps, description scores per region, probes, Grad-CAM."""
+"""Explanations read off one forward pass: maps, description scores per region, probes."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mpafer.explain import (Explainer, description_bank, gradcam, normalize_map, overlay, region_activation,
-                            upsample)
+from mpafer.explain import (DESCRIPTION_TEMPLATE, Explainer, description_bank, normalize_map, overlay,
+                            region_activation, upsample)
 from mpafer.faces import face_regions, region_masks
 from mpafer.predictor import untrained_model
 
@@ -60,32 +60,43 @@ def test_overlay_blends_a_colormap_onto_the_crop():
         overlay(crop, heat, alpha=1.5)
 
 
-def test_description_bank_is_one_feature_per_description_and_cached(model):
+def test_description_bank_encodes_each_description_without_its_class(model):
     bank = description_bank(model)
     detailed = [p for p in model.hard_prompts if p.granularity == "detailed"]
     assert len(bank.items) == len({(p.class_index, p.description) for p in detailed}) > 0
-    assert bank.features.shape == (len(bank.items), model.hard_text_features().shape[1])
+    assert bank.features.shape == (len(bank.items), model.embed_dim)
     assert torch.allclose(bank.features.norm(dim=-1), torch.ones(len(bank.items)), atol=1e-5)
     first = bank.items[0]
-    rows = [i for i, p in enumerate(model.hard_prompts)
-            if p.granularity == "detailed" and p.description == first.text and p.class_index == first.class_index]
-    expected = F.normalize(model.hard_text_features()[rows].mean(0), dim=-1)
+    expected = model.encode_text([DESCRIPTION_TEMPLATE.format(description=first.text)])[0]
+    assert "{" not in DESCRIPTION_TEMPLATE.replace("{description}", "")  # no class placeholder
     assert torch.allclose(bank.features[0], expected, atol=1e-5)
+    # not the training prompt, which names the class
+    with_class = [i for i, p in enumerate(model.hard_prompts) if p.description == first.text]
+    trained = F.normalize(model.hard_text_features()[with_class].mean(0), dim=-1)
+    assert not torch.allclose(bank.features[0], trained, atol=1e-3)
     assert description_bank(model) is bank  # computed once per model
 
 
-def test_class_heatmaps_are_the_cgla_maps_of_the_same_pass(model, explainer):
+def test_class_heatmaps_share_one_scale_per_face(model, explainer):
     torch.manual_seed(0)
     with torch.no_grad():
         out = model(torch.randn(1, 3, model.image_size, model.image_size))
-    heatmaps = explainer.class_heatmaps(out.maps[0], 224)
+    maps = out.maps[0]
+    heatmaps = explainer.class_heatmaps(maps, 224)
     assert list(heatmaps) == list(model.classes)
+    low, high = float(maps.min()), float(maps.max())
     for index, name in enumerate(model.classes):
         heat = heatmaps[name]
-        assert heat.shape == (224, 224) and heat.min() == 0.0 and heat.max() == pytest.approx(1.0)
-        assert np.allclose(heat, normalize_map(upsample(out.maps[0, index], 224)))
-    only = explainer.class_heatmaps(out.maps[0], 56, classes=[2])
-    assert list(only) == [model.classes[2]]
+        assert heat.shape == (224, 224) and 0.0 <= heat.min() and heat.max() <= 1.0
+        expected = np.clip((upsample(maps[index], 224).numpy() - low) / (high - low), 0, 1)
+        assert np.allclose(heat, expected, atol=1e-5)
+    hottest = int(maps.flatten(1).max(1).values.argmax())
+    coolest = int(maps.flatten(1).max(1).values.argmin())
+    assert heatmaps[model.classes[coolest]].max() < heatmaps[model.classes[hottest]].max()  # not each 0-1
+    only = explainer.class_heatmaps(maps, 224, classes=[coolest])
+    assert np.allclose(only[model.classes[coolest]], heatmaps[model.classes[coolest]])  # alone, same scale
+    scale = explainer.heat_scale(maps)
+    assert (scale.low, scale.high) == pytest.approx((low, high))
 
 
 def _patches_matching(model, feature, cells):
@@ -106,18 +117,31 @@ def test_region_scores_find_the_description_painted_into_its_region(model, expla
     scores = explainer.region_scores(patches, masks, predicted=other_class, per_region=3, predicted_per_region=2)
 
     mouth = scores["mouth"]
-    best = mouth[0]
-    assert (best.text, best.class_name, best.rank) == (bank.items[target].text, bank.items[target].class_name, 1)
-    assert best.score == pytest.approx(1.0, abs=1e-4)
-    assert best.of == sum(item.region == "mouth" for item in bank.items)
-    assert [d.rank for d in mouth] == sorted(d.rank for d in mouth)  # honest order
     favoured = [d for d in mouth if d.predicted]
+    assert mouth[:2] == favoured  # the predicted class's descriptions come first ...
     assert len(favoured) == 2 and all(d.class_name == model.classes[other_class] for d in favoured)
+    assert all(d.class_name != model.classes[other_class] for d in mouth[2:])  # ... then the other classes'
+    best = mouth[2]
+    assert (best.text, best.class_name, best.rank) == (bank.items[target].text, bank.items[target].class_name, 1)
+    assert best.score == pytest.approx(1.0, abs=1e-4) and best.raw == best.score  # no calibration: raw
+    assert not best.calibrated and best.method == "raw" and not explainer.calibrated
+    assert best.of == sum(item.region == "mouth" for item in bank.items)
+    for group in (mouth[:2], mouth[2:]):
+        assert [d.rank for d in group] == sorted(d.rank for d in group)  # honest order within each
     assert set(scores) <= set(masks) and all(d.region == region for region, items in scores.items() for d in items)
     # the same description elsewhere on the face does not score in the mouth
     elsewhere = _patches_matching(model, bank.features[target], masks["forehead"])
     again = explainer.region_scores(elsewhere, masks, predicted=other_class)
     assert all(d.text != bank.items[target].text or d.score < 0.5 for d in again["mouth"])
+
+
+def test_description_heatmap_lights_the_region_of_the_painted_description(model, explainer, masks):
+    bank = explainer.bank
+    target = next(i for i, item in enumerate(bank.items) if item.region == "mouth")
+    patches = _patches_matching(model, bank.features[target], masks["mouth"])
+    heat = explainer.description_heatmap(patches, masks, bank.items[target].class_index)
+    assert heat.shape == model.grid and np.isfinite(heat).all()
+    assert heat[masks["mouth"]].mean() > heat[masks["forehead"]].mean() + 0.1
 
 
 def test_probe_maps_free_text_without_a_forward_pass(model, explainer, masks, monkeypatch):
@@ -149,27 +173,3 @@ def test_region_activation_follows_the_heat(masks):
     heat[:80] = 1.0  # the top of the crop: forehead and brows
     means = region_activation(heat, masks)
     assert means["forehead"] > 0.9 and means["mouth"] < 0.1
-
-
-def test_gradcam_runs_on_frozen_weights_and_leaves_no_trace(model):
-    torch.manual_seed(2)
-    images = torch.randn(2, 3, model.image_size, model.image_size)
-    block = model.clip.visual.transformer.resblocks[-1]
-    grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
-    learnable = list(model.learnable_parameters().values())
-    kept = torch.full_like(learnable[0], 0.25)
-    learnable[0].grad = kept.clone()  # e.g. mid-training: Grad-CAM must not touch it
-    with torch.no_grad():
-        logits = model(images).logits
-    maps = gradcam(model, images, [0, 3])
-    assert maps.shape == (2, model.image_size, model.image_size)
-    assert maps.min() >= 0.0 and maps.max() <= 1.0 and maps.max() > 0.0
-    assert not block._forward_hooks  # hooks released
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads_before
-    assert torch.equal(learnable[0].grad, kept)
-    assert all(p.grad is None for p in learnable[1:])
-    learnable[0].grad = None
-    with torch.no_grad():
-        assert torch.allclose(model(images).logits, logits)
-    with pytest.raises(ValueError):
-        gradcam(model, images, [0])

@@ -59,7 +59,10 @@ def test_astronaut_gives_one_explained_face(predictor, count_forward):
     for region, items in face.regions.items():
         written = {d.class_name for d in bank if d.region == region}
         assert any(d.predicted for d in items) == (face.label in written)  # the prediction is favoured
-        assert [d.rank for d in items] == sorted(d.rank for d in items)
+        own = [d for d in items if d.predicted]
+        assert items[:len(own)] == own  # ... and listed first
+        for group in (own, items[len(own):]):
+            assert [d.rank for d in group] == sorted(d.rank for d in group)
     assert face.gradcam is None
 
 
@@ -104,14 +107,60 @@ def test_gradcam_only_when_asked(predictor):
     assert set(face.gradcam_regions) == set(face.region_masks)
 
 
+def test_class_views_share_one_scale_and_show_the_logit_cells(predictor):
+    face = predictor.predict(ASTRONAUT, explain=False)[0]
+    scale = predictor.heat_scale(face)
+    assert (scale.low, scale.high) == pytest.approx((face.maps.min(), face.maps.max()))
+    heats = {c: predictor.class_heatmap(face, c) for c in predictor.classes}
+    assert np.allclose(heats[face.label], face.heatmaps[face.label])
+    peaks = sorted(float(h.max()) for h in heats.values())
+    assert peaks[-1] > 0.95 and peaks[0] < peaks[-1] - 0.05  # not every class stretched to its own range
+    cells = predictor.topk_cells(face)
+    assert cells.shape == predictor.model.grid and cells.sum() == predictor.model.config.topk
+    other = predictor.classes[(predictor.classes.index(face.label) + 1) % len(predictor.classes)]
+    diff = predictor.contrast(face, face.label, other)
+    index = predictor.classes.index
+    assert np.allclose(diff, face.maps[index(face.label)] - face.maps[index(other)])
+    assert predictor.gradcam_map(face, other).shape == (224, 224) and face.gradcam is None
+
+
+def test_occlusion_is_one_forward_pass(predictor, count_forward):
+    face = predictor.predict(ASTRONAUT, explain=False)[0]
+    result = predictor.occlusion(face)
+    assert count_forward == [1, 7]  # the prediction, then the face and its six occluded copies at once
+    assert predictor.classes[result.target] == face.label
+    assert result.probability == pytest.approx(face.confidence, abs=1e-5)
+    assert {r.region for r in result.regions} == {"brows", "eyes", "nose", "mouth", "cheeks", "forehead"}
+    assert [r.change for r in result.regions] == sorted(r.change for r in result.regions)
+
+
+def test_description_calibration_is_read_from_the_checkpoint_folder(predictor, tmp_path, tiny_model):
+    from mpafer.checkpoint import save_checkpoint
+    from mpafer.description_calibration import fit_calibration, save_calibration
+    from mpafer.description_scores import DescriptionScorer
+
+    folder = save_checkpoint(tiny_model, tmp_path / "ckpt")
+    plain = Predictor(str(folder), detector=predictor.detector)
+    assert not plain.explainer.calibrated  # no statistics stored: raw scores, flagged
+    bank = DescriptionScorer(plain.model).bank
+    region = np.random.default_rng(0).normal(0.1, 0.05, (20, len(bank.items)))
+    save_calibration(fit_calibration(plain.model, bank, region), folder)
+    calibrated = Predictor(str(folder), detector=predictor.detector)
+    assert calibrated.explainer.calibrated
+    face = calibrated.predict(ASTRONAUT)[0]
+    assert all(d.calibrated and d.method == "zscore" for items in face.regions.values() for d in items)
+
+
 def test_to_dict_is_json_safe(predictor):
     face = predictor.predict(ASTRONAUT)[0]
     data = json.loads(json.dumps(face.to_dict()))
     assert data["label"] == face.label and "heatmaps" not in data
     assert len(data["box"]) == 4 and len(data["crop_box"]) == 4
-    assert data["regions"]["mouth"][0]["rank"] == 1
+    assert min(d["rank"] for d in data["regions"]["mouth"]) == 1
     full = json.loads(json.dumps(face.to_dict(heatmaps=True)))
     assert np.asarray(full["heatmaps"][face.label]).shape == (14, 14)
+    assert max(np.max(m) for m in full["heatmaps"].values()) == pytest.approx(1.0, abs=1e-3)  # one scale
+    assert full["heat_scale"] == pytest.approx([face.maps.min(), face.maps.max()], abs=1e-4)
 
 
 def test_max_faces_keeps_the_largest_and_counts_them_all(predictor):

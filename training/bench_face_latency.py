@@ -12,6 +12,7 @@ in the same batch) -> probabilities.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (what the model card reads)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
@@ -64,6 +66,12 @@ def main(argv=None) -> int:
         predictor.close()
     times.sort()
     protocol = model.config.input
+    if args.json:
+        print(json.dumps({"model": source, "image_size": model.image_size, "grey": protocol.grey,
+                          "tta_flip": protocol.tta_flip, "threads": args.threads, "runs": args.runs,
+                          "median_ms": round(statistics.median(times), 3),
+                          "p10_ms": round(times[len(times) // 10], 3), "p90_ms": round(times[9 * len(times) // 10], 3)}))
+        return 0
     print(f"{source}: {model.image_size} px, grey {protocol.grey}, flip TTA {protocol.tta_flip}, {args.threads} threads, {args.runs} runs: median "
           f"{statistics.median(times):.2f} ms per face (p10 {times[len(times) // 10]:.2f}, "
           f"p90 {times[9 * len(times) // 10]:.2f})")

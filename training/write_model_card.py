@@ -72,6 +72,8 @@ def card(bundle: Path, runs: Path) -> str:
     test = read_json(runs / "test_metrics.json") or {}
     paraphrases = read_json(runs / "paraphrases.json")
     pipeline = read_json(runs / "pipeline.json")
+    centred = read_json(runs / "paraphrases_centred.json")
+    latency = read_json(runs / "latency.json")
     protocol = meta["config"]["input"]
     size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.suffix != ".png") / 1e6
     stage0_minutes = summary0.get("train_seconds", 0) / 60
@@ -101,7 +103,13 @@ def card(bundle: Path, runs: Path) -> str:
                      f"`training/crop_protocol.py pipeline`)")
     if paraphrases:
         lines.append(f"* unseen paraphrases: **{paraphrases['correct']} of {paraphrases['total']}** land on their class "
-                     "(`training/paraphrase_probe.py`, table below)")
+                     "by mean cosine (`training/paraphrase_probe.py`, table below)")
+    if centred:
+        lines.append(f"* the same with both sides centred (scoring chosen on validation): {centred['correct']} of "
+                     f"{centred['total']} (`training/paraphrase_probe.py --scoring centred`)")
+    if latency:
+        lines.append(f"* CPU time per face crop, batch 1, {latency['threads']} threads, preprocessing included: "
+                     f"{latency['median_ms']:.1f} ms median of {latency['runs']} (`training/bench_face_latency.py`)")
     lines += ["", "![confusion matrix](confusion.png)", "", "| class | test faces | recall | precision |",
               "| --- | --- | --- | --- |"]
     for name in test.get("classes", []):
@@ -127,7 +135,8 @@ def card(bundle: Path, runs: Path) -> str:
         " text per class (bank prompts and class-free descriptions), soft-label cross-entropy.",
         f"* **Stage 1** ({len(stage1)} epochs, {stage1_minutes:.1f} min): {meta['num_learnable']:,} learnable"
         " parameters (CoOp context from \"a photo of a face that looks\", 8 visual prompts in every block), loss"
-        " CE + L_t + L_v (beta = gamma = 1), CGLA with top-16 patches.",
+        f" CE + beta L_t + gamma L_v (beta = {meta['config']['loss']['beta']}, gamma = {meta['config']['loss']['gamma']}),"
+        f" CGLA with top-{meta['config']['topk']} patches.",
         f"* **Machine**: {summary0.get('threads', 2)}-thread x86-64 CPU (AVX-512-BF16), no GPU; stage 0 + stage 1"
         f" {stage0_minutes + stage1_minutes:.1f} minutes of training (epoch time, evaluation excluded).",
         "* **Command**: `bash training/make_default_model.sh ../shared/data/ferplus` (resumable).",
