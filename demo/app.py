@@ -65,8 +65,10 @@ UNTRAINED_BANNER = (
 INTRO = (
     "# MPA-FER: facial expressions, explained\n"
     "The demo finds every face in a photo and shows which facial expression the model sees on each, "
-    "and why: the heatmaps show where on the face each expression's text matched, and the table lists "
-    "the written descriptions (\"corners of the mouth pulled up\") that best match each part of the face. "
+    "and why: the heatmaps show where on the face each expression's text matched (and why one expression "
+    "rather than another), a blurring check shows which parts of the face the answer rests on, and the "
+    "table lists the written descriptions (\"corners of the mouth pulled up\") that best match each part "
+    "of the face. "
     "The model is MPA-FER: frozen CLIP-style image and text encoders with learned text and visual "
     "prompts and global-local alignment."
 )
@@ -90,7 +92,8 @@ LIVE_LEGEND = (
     "Colours on each face: red where the face matches the text of the expression on its label most, blue "
     "where least (each face on its own scale). Labels are averaged over about half a second."
 )
-HEAT_CLASS_INFO = "starts at the expression the model sees; pick another to compare"
+HEAT_CLASS_INFO = "starts at the expression the model sees; pick another to compare (Grad-CAM follows it)"
+CONTRAST_CLASS_INFO = "why the expression picked above rather than this one; starts at the runner-up"
 
 
 def private_temp_dir() -> Path:
@@ -217,8 +220,11 @@ def build_app(predictor):
         # the second heatmap starts at each face's predicted class; the upload is deleted once decoded
         return handlers.analyze(predictor, image, gradcam, uploads=uploads, keep=examples)
 
-    def select_face(session, index, heat_class, gradcam):
-        return handlers.select_face(predictor, session, index, heat_class, gradcam)
+    def select_face(session, index, heat_class, gradcam, contrast_class):
+        return handlers.select_face(predictor, session, index, heat_class, gradcam, contrast_class)
+
+    def contrast(session, index, heat_class, contrast_class):
+        return handlers.contrast(predictor, session, index, heat_class, contrast_class)
 
     def change_face(session, index, gradcam):
         view, probe_outputs = handlers.change_face(predictor, session, index, gradcam)
@@ -246,7 +252,8 @@ def build_app(predictor):
                 with gr.Column():
                     image_in = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath",
                                         label="Photo", elem_id="photo-input")
-                    gradcam = gr.Checkbox(False, label="Also show Grad-CAM (slower, a second view)")
+                    gradcam = gr.Checkbox(False, label="Also show Grad-CAM (slower, a second view)",
+                                          elem_id="gradcam-toggle")
                     gr.Examples([[str(p)] for p in examples], inputs=[image_in], cache_examples=False)
                 with gr.Column():
                     annotated = gr.Image(label="Faces found", interactive=False, elem_id="annotated",
@@ -265,7 +272,19 @@ def build_app(predictor):
                     class_heatmap = gr.Image(label="Where this expression matched", interactive=False,
                                              elem_id="class-heatmap", format=SERVED_FORMAT)
             heat_legend = gr.Markdown(elem_id="heat-legend")
-            gradcam_image = gr.Image(label="Grad-CAM for the predicted expression", interactive=False,
+            with gr.Row():
+                with gr.Column():
+                    contrast_class = gr.Dropdown(choices=classes, value=None, label="Rather than",
+                                                 info=CONTRAST_CLASS_INFO, elem_id="contrast-class")
+                    contrast_image = gr.Image(label="Why one expression rather than the other", interactive=False,
+                                              elem_id="contrast", format=SERVED_FORMAT)
+                    contrast_legend = gr.Markdown(elem_id="contrast-legend")
+                with gr.Column(scale=2):
+                    occlusion_summary = gr.Markdown(elem_id="occlusion-summary")
+                    occlusion = gr.Dataframe(headers=handlers.OCCLUSION_HEADERS, label="Blurring check: each part "
+                                             "of the face blurred out in turn", interactive=False, wrap=True,
+                                             elem_id="occlusion")
+            gradcam_image = gr.Image(label="Grad-CAM", interactive=False,
                                      visible=False, elem_id="gradcam", format=SERVED_FORMAT)
             regions = gr.Dataframe(headers=handlers.REGION_HEADERS,
                                    label=f"Best-matching descriptions (top {handlers.SHORT_TABLE_ROWS} per region)",
@@ -305,7 +324,9 @@ def build_app(predictor):
 
         # in the order of handlers.FaceView and handlers.ProbeOutputs
         face_panel = [probabilities, heatmap, class_heatmap, gradcam_image, regions, more_regions, heat_legend,
-                      score_key, heat_class]
+                      score_key, heat_class, contrast_image, contrast_legend, contrast_class, occlusion,
+                      occlusion_summary]
+        contrast_panel = [contrast_image, contrast_legend, contrast_class]  # handlers.ContrastOutputs
         probe_panel = [probe_image, probe_message, probe_chart]
         # preprocess=False: the handler gets the upload's path and reads it itself, so a non-image
         # gets a friendly message and a huge JPEG is decoded at reduced size (see handlers.py).
@@ -314,12 +335,15 @@ def build_app(predictor):
                         [annotated, message, face_selector, *face_panel, *probe_panel, session], api_name="analyze",
                         preprocess=False)
         # .input: only what the user changes (analyze sets the face selector itself). Another face
-        # resets the class picker and clears the probe; another class or Grad-CAM keeps both.
+        # resets both class pickers and clears the probe; another class or Grad-CAM keeps both.
         face_selector.input(change_face, [session, face_selector, gradcam], [*face_panel, *probe_panel],
                             api_name=False, show_progress="hidden")
         for control in (heat_class, gradcam):
-            control.input(select_face, [session, face_selector, heat_class, gradcam], face_panel,
+            control.input(select_face, [session, face_selector, heat_class, gradcam, contrast_class], face_panel,
                           api_name=False, show_progress="hidden")
+        # another B redraws the contrast view alone
+        contrast_class.input(contrast, [session, face_selector, heat_class, contrast_class], contrast_panel,
+                             api_name="contrast", show_progress="hidden")
         probe_io = ([session, face_selector, probe_text], probe_panel)
         probe_button.click(probe, *probe_io, api_name="probe")
         probe_text.submit(probe, *probe_io, api_name=False)

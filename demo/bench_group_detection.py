@@ -303,6 +303,7 @@ COMPARED = {
     "full-range tiles, no second look": {"verify": False, "min_confidence": 0.5},
     "short-range 256 px tiles, second look": {"tile_model": "short", "tile_side": 256},
     "tiles overlapping by a third": {"tile_overlap": 1 / 3},
+    "second look at 0.6": {"min_confidence": 0.6},
     "default": {},
 }
 
@@ -314,6 +315,7 @@ def main(argv=None) -> int:
                         help="seeds 0-2 chose the detector's settings; 3 and up were not looked at then")
     parser.add_argument("--compare", action="store_true", help="also run the configurations compared")
     parser.add_argument("--save", type=Path, default=None, help="write annotated pictures here")
+    parser.add_argument("--config", choices=sorted(COMPARED), default=None, help="run only this configuration")
     args = parser.parse_args(argv)
 
     from mpafer.faces import FaceDetector
@@ -323,6 +325,8 @@ def main(argv=None) -> int:
     print(f"{len(group_pictures)} pictures, {faces} faces; CPUs {os.cpu_count()}; "
           f"load average {os.getloadavg()[0]:.1f}")
     configs = COMPARED if args.compare else {"default": {}}
+    if args.config:
+        configs = {args.config: COMPARED[args.config]}
     for name, kwargs in configs.items():
         with FaceDetector(max_faces=100, **kwargs) as detector:
             outcomes = run(detector, group_pictures)

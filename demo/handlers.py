@@ -11,7 +11,8 @@ images are handled in one place. Gradio's file of an upload is deleted as soon a
 decoded (``discard_upload``).
 
 What the screen says is written here too: scores in words (``match_words``), the colour
-legend drawn under every heatmap (``with_legend``), the probe's messages. The model reads
+legend drawn under every heatmap (``with_legend``), the occlusion check in words
+(``occlusion_rows``), the probe's messages. The model reads
 facial *expressions* (how a face looks), not what a person feels; the wording keeps to that.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import threading
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -32,11 +33,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mpafer.description_bank import DESCRIPTION_TEMPLATE
 from mpafer.description_scores import DescriptionScore
 from mpafer.explain import overlay
-from mpafer.heatmaps import HeatScale
+from mpafer.heatmaps import HeatScale, contrast_overlay, outline_cells, upsample
 from mpafer.images import MIN_SIDE, ImageError, load_image
+from mpafer.occlusion import OcclusionResult
 from mpafer.predictor import FaceResult, Predictor
 from mpafer.tracking import FaceTracker
 
@@ -48,6 +49,8 @@ REGION_HEADERS = ["region", "description", "written for", "match", "rank in regi
 SHORT_TABLE_ROWS = 3  # descriptions per region in the short table; the rest are behind an accordion
 PROBE_MAX_CHARS = 200  # longer probes are cut (and the user told): text encoders read ~77 tokens at most
 PROBE_CHART_X, PROBE_CHART_Y = "expression", "closeness"
+OCCLUSION_HEADERS = ["part of the face blurred", "predicted expression's probability", "change", "what it means"]
+OCCLUSION_LOT, OCCLUSION_SOME = 0.10, 0.02  # probability changes said "a lot" / "a little" (0.02 = 2 points)
 
 NO_IMAGE = "Upload a photo, take one with the webcam, or pick an example."
 NO_PROBE_FACE = "Analyse a photo with a face first, then type a description."
@@ -62,6 +65,10 @@ class Session:
     """One browser tab's last analysis (kept in ``gr.State``: server memory only)."""
 
     faces: list[FaceResult]
+    # what is computed on demand for one face, kept for the next look at it: (face index, kind) ->
+    # its occlusion check ("occlusion"), its last Grad-CAM of a class other than the predicted one
+    # ("gradcam": (class, map))
+    extras: dict[tuple[int, str], Any] = field(default_factory=dict)
 
     @classmethod
     def keep(cls, faces: list[FaceResult]) -> "Session":
@@ -77,9 +84,20 @@ class FaceView(NamedTuple):
     gradcam: dict[str, Any]  # a gr.update for the Grad-CAM image (hidden when off)
     regions: list[list[Any]]  # the best SHORT_TABLE_ROWS descriptions per region
     more_regions: list[list[Any]]  # the other scored descriptions (behind an accordion)
-    heat_legend: str  # what red and blue mean, and the scale (markdown)
+    heat_legend: str  # what red and blue mean, the scale and the outlines (markdown)
     score_key: str  # what the match words and numbers mean (markdown)
     heat_class: dict[str, Any]  # gr.update for the class picker: the class its heatmap shows
+    contrast: Image.Image | None  # "why A rather than B": A (the picked class) minus B, with its legend
+    contrast_legend: str  # what red and blue mean on the contrast view (markdown)
+    contrast_class: dict[str, Any]  # gr.update for B's picker (starts at the runner-up)
+    occlusion: list[list[Any]]  # OCCLUSION_HEADERS rows: each region blurred out, largest drop first
+    occlusion_summary: str  # the occlusion check in a sentence (markdown)
+
+
+class ContrastOutputs(NamedTuple):
+    contrast: Image.Image | None
+    contrast_legend: str
+    contrast_class: dict[str, Any]
 
 
 class ProbeOutputs(NamedTuple):
@@ -101,13 +119,20 @@ class AnalyzeOutputs(NamedTuple):
     heat_legend: str
     score_key: str
     heat_class: dict[str, Any]
+    contrast: Image.Image | None
+    contrast_legend: str
+    contrast_class: dict[str, Any]
+    occlusion: list[list[Any]]
+    occlusion_summary: str
     probe_heatmap: Image.Image | None  # a new photo clears the last probe's results
     probe_message: str
     probe_chart: Any
     session: Session | None
 
 
-EMPTY_FACE = FaceView(None, None, None, gr.update(value=None, visible=False), [], [], "", "", gr.update())
+EMPTY_CONTRAST = ContrastOutputs(None, "", gr.update())
+EMPTY_FACE = FaceView(None, None, None, gr.update(value=None, visible=False), [], [], "", "", gr.update(),
+                      *EMPTY_CONTRAST, [], "")
 EMPTY_PROBE = ProbeOutputs(None, "", None)
 UNCHANGED = AnalyzeOutputs(*(gr.skip() for _ in AnalyzeOutputs._fields))  # every output left as it is
 
@@ -285,7 +310,9 @@ def _paste_heat(canvas: Image.Image, face: FaceResult) -> None:
 # ---- colour legends -----------------------------------------------------------------------------
 
 HEAT_CMAP = "jet"  # what mpafer.heatmaps.overlay colours with: blue (0) ... red (1)
+CONTRAST_CMAP = "RdBu_r"  # what mpafer.heatmaps.contrast_overlay colours with: blue (B) ... red (A)
 WEAK_STRONG = ("blue: weak match", "red: strong match")
+OUTLINE_COLOUR = (255, 255, 255)
 
 
 def legend_strip(width: int, left: str, right: str, notes: Iterable[str] = (), cmap: str = HEAT_CMAP
@@ -315,36 +342,63 @@ def legend_strip(width: int, left: str, right: str, notes: Iterable[str] = (), c
     return strip
 
 
-def with_legend(image: Image.Image, left: str, right: str, notes: Iterable[str] = ()) -> Image.Image:
+def with_legend(image: Image.Image, left: str, right: str, notes: Iterable[str] = (), cmap: str = HEAT_CMAP
+                ) -> Image.Image:
     """``image`` with a colour legend (``legend_strip``) below it: what red and blue mean, on what scale."""
-    strip = legend_strip(image.width, left, right, notes)
+    strip = legend_strip(image.width, left, right, notes, cmap)
     out = Image.new("RGB", (image.width, image.height + strip.height), (255, 255, 255))
     out.paste(image, (0, 0))
     out.paste(strip, (0, image.height))
     return out
 
 
-def heatmap_image(face: FaceResult, heat: np.ndarray, scale: HeatScale | None = None) -> Image.Image:
-    """A class heatmap on the face's crop; with ``scale`` (the face's one scale for all classes),
-    the colour legend below it."""
+def outline_note(count: int) -> str:
+    """What the white outlines on a class heatmap are, in the legend's words."""
+    return f"outlined: the {count} patches that entered the score"
+
+
+def heatmap_image(face: FaceResult, heat: np.ndarray, scale: HeatScale | None = None,
+                  cells: np.ndarray | None = None) -> Image.Image:
+    """A class heatmap on the face's crop; with ``cells`` ((h, w) boolean, ``Predictor.topk_cells``)
+    the patches that entered the class's score outlined in white; with ``scale`` (the face's one
+    scale for all classes), the colour legend below it, which says what the outlines are."""
     picture = overlay(face.crop, heat)
+    if cells is not None:
+        picture = outline_cells(picture, cells, colour=OUTLINE_COLOUR)
     if scale is None:
         return picture
-    return with_legend(picture, *WEAK_STRONG,
-                       [f"cosine {scale.low:.3f} (blue) to {scale.high:.3f} (red)", "one scale for all expressions"])
+    notes = [f"cosine {scale.low:.3f} (blue) to {scale.high:.3f} (red)", "one scale for all expressions"]
+    if cells is not None:
+        notes.append(outline_note(int(np.count_nonzero(cells))))
+    return with_legend(picture, *WEAK_STRONG, notes)
 
 
-def heat_legend(scale: HeatScale, gradcam: bool = False) -> str:
-    """The words beside the class heatmaps: what the colours mean and the face's one scale."""
+def heat_legend(scale: HeatScale, gradcam: bool = False, outlined: int | None = None, cells: int | None = None
+                ) -> str:
+    """The words beside the class heatmaps: what the colours mean, the face's one scale and, with
+    ``outlined`` (how many of the ``cells`` patches entered the score), what the outlines are."""
     text = (f"**Reading the colours.** Red marks the parts of the face whose features are closest to the "
             f"expression's text, blue the furthest. Both heatmaps use one scale for every expression of this "
             f"face (cosine similarity {scale.low:.3f} at blue to {scale.high:.3f} at red), so an expression "
-            f"that matches weakly everywhere stays blue. A heatmap shows where the model looked, not a reason "
-            f"a person would give.")
+            f"that matches weakly everywhere stays blue.")
+    if outlined:
+        of = f" of the {cells}" if cells else ""
+        text += (f" Outlined in white: the {outlined} patches that entered the score, the {outlined}{of} "
+                 f"patches that match the expression best (the mean of their matches is the local half of its "
+                 f"score; the other half is the match of the face as a whole).")
+    text += " A heatmap shows where the model looked, not a reason a person would give."
     if gradcam:
-        text += (" Grad-CAM has a scale of its own: red marks what raised the expression's score most, "
+        text += (" Grad-CAM has a scale of its own: red marks what raised the picked expression's score most, "
                  "blue what did not raise it.")
     return text
+
+
+def contrast_legend(first: str, second: str, limit: float) -> str:
+    """The words beside the "why A rather than B" view."""
+    return (f"**Why {first} rather than {second}?** Red: parts of the face that match the text of *{first}* "
+            f"better than that of *{second}* (evidence for {first}); blue: the reverse (evidence for {second}); "
+            f"pale: both match equally. The colours run from a cosine difference of -{limit:.3f} (blue) to "
+            f"+{limit:.3f} (red), this pair's own scale.")
 
 
 # ---- scores in words -----------------------------------------------------------------------------
@@ -388,12 +442,13 @@ def score_key(face: FaceResult) -> str:
                f"face (a cosine difference): **strong match** {STRONG_GAIN:+.2f} or more, **some match** "
                f"above 0, **no match** 0 or less.")
     else:
-        how = ("no calibration is stored with this model, so the number is the raw cosine similarity and the "
-               "words compare the descriptions of a region with one another on this face: **strong match** "
-               "the best tenth, **some match** the best third, **no match** the rest.")
+        how = ("the scores are **uncalibrated**: no calibration is stored with this model, so the number is the "
+               "raw cosine similarity and the words compare the descriptions of a region with one another on "
+               "this face: **strong match** the best tenth, **some match** the best third, **no match** the rest.")
     return (f"**Match** says how well a written description fits its part of this face; {how} "
             f"*Rank in region*: 1/{first.of} is the best of the {first.region} region's {first.of} descriptions. "
-            f"*(predicted)*: written for the expression the model sees.")
+            f"*Written for*: the expression whose description it is (descriptions are scored without "
+            f"the expression's name); *(predicted)*: the expression the model sees.")
 
 
 def confidence_words(probability: float) -> str:
@@ -428,52 +483,178 @@ def region_rows(face: FaceResult) -> list[list[Any]]:
     return first + rest
 
 
-def _face_at(session: Session | None, index: Any) -> FaceResult | None:
+def _position(session: Session | None, index: Any) -> int | None:
+    """The selected face's index into ``session.faces``, clamped; None without faces."""
     if session is None or not session.faces:
         return None
     try:
         position = int(index)
     except (TypeError, ValueError):
         position = 0
-    return session.faces[min(max(position, 0), len(session.faces) - 1)]
+    return min(max(position, 0), len(session.faces) - 1)
+
+
+def _face_at(session: Session | None, index: Any) -> FaceResult | None:
+    position = _position(session, index)
+    return None if position is None else session.faces[position]
+
+
+def picked_class(predictor: Predictor, face: FaceResult, heat_class: str | None) -> str:
+    """The class of the second heatmap: ``heat_class`` when it is one, else the predicted class."""
+    return heat_class if heat_class in predictor.classes else face.label
+
+
+def runner_up(face: FaceResult, other_than: str | None = None) -> str:
+    """The most probable class other than ``other_than`` (the predicted class by default): for the
+    predicted class, the runner-up; for any other, the prediction itself."""
+    other_than = other_than or face.label
+    ranked = sorted(face.probabilities, key=lambda c: -face.probabilities[c])
+    return next((c for c in ranked if c != other_than), other_than)
+
+
+def contrast_view(predictor: Predictor, face: FaceResult, first: str, second: str | None) -> ContrastOutputs:
+    """"Why ``first`` rather than ``second``": first's class map minus second's on the crop (red for
+    first, blue for second, on the pair's own symmetric scale), its legend, and B's picker.
+    ``second`` None, unknown or equal to ``first``: ``runner_up(face, first)``."""
+    if second not in predictor.classes or second == first:
+        second = runner_up(face, first)
+    diff = predictor.contrast(face, first, second)  # (h, w) cosine differences
+    up = upsample(np.asarray(diff, dtype=np.float32), (face.crop.height, face.crop.width)).numpy()
+    limit = float(np.abs(up).max()) if up.size else 0.0
+    picture = with_legend(contrast_overlay(face.crop, up), f"blue: for {second}", f"red: for {first}",
+                          [f"cosine difference -{limit:.3f} to +{limit:.3f}", "pale: both match equally"],
+                          cmap=CONTRAST_CMAP)
+    return ContrastOutputs(picture, contrast_legend(first, second, limit), gr.update(value=second))
+
+
+# ---- the occlusion check in words -----------------------------------------------------------------
+
+
+def occlusion_words(change: float, class_name: str, now_sees: str | None = None) -> str:
+    """What blurring a region out did to ``class_name``'s probability, said for a teacher."""
+    if change <= -OCCLUSION_LOT:
+        words = f"matters a lot: without it the model is much less sure of {class_name}"
+    elif change <= -OCCLUSION_SOME:
+        words = f"matters a little: without it the model is a little less sure of {class_name}"
+    elif change >= OCCLUSION_LOT:
+        words = f"works strongly against {class_name}: without it the model is much surer of it"
+    elif change >= OCCLUSION_SOME:
+        words = f"works a little against {class_name}: without it the model is a little surer of it"
+    else:
+        words = "hardly matters"
+    if now_sees and now_sees != class_name:
+        words += f"; it then sees {now_sees}"
+    return words
+
+
+def occlusion_rows(result: OcclusionResult, classes: Iterable[str]) -> list[list[Any]]:
+    """``OCCLUSION_HEADERS`` rows, the region whose blurring lowers the class most first."""
+    classes = list(classes)
+    name = classes[result.target]
+    return [[r.region, f"{result.probability:.0%} → {r.probability:.0%}", f"{100 * r.change:+.1f} points",
+             occlusion_words(r.change, name, classes[r.label])] for r in result.regions]
+
+
+def occlusion_summary(result: OcclusionResult, classes: Iterable[str]) -> str:
+    """The occlusion check in two sentences: what was done, and which part matters most."""
+    classes = list(classes)
+    name = classes[result.target]
+    text = (f"**Blurring check for {name}** ({result.probability:.0%} on the whole face): each part of the face "
+            f"was blurred out in turn and the model asked again.")
+    top = result.regions[0] if result.regions else None
+    if top is not None and top.change <= -OCCLUSION_SOME:
+        text += f" Blurring the {top.region} lowers {name} most, to {top.probability:.0%}."
+    else:
+        text += (f" No single part lowers {name} by {100 * OCCLUSION_SOME:.0f} points or more: the model does "
+                 f"not rest on any one part of this face.")
+    return text + " The check uses only the model's answers, so it tests the heatmaps from the outside."
+
+
+def occlusion_of(predictor: Predictor, session: Session, position: int) -> OcclusionResult:
+    """The predicted class's occlusion check of one face: one batched pass, once per face."""
+    key = (position, "occlusion")
+    if key not in session.extras:
+        session.extras[key] = predictor.occlusion(session.faces[position])
+    return session.extras[key]
 
 
 def face_view(predictor: Predictor, session: Session | None, index: Any, heat_class: str | None,
-              gradcam: bool) -> FaceView:
+              gradcam: bool, contrast_class: str | None = None) -> FaceView:
     """Everything shown for the selected face. ``heat_class``: the class of the second heatmap;
-    None (or an unknown name) is the face's predicted class, and the picker is set to it."""
-    face = _face_at(session, index)
-    if face is None:
+    None (or an unknown name) is the face's predicted class, and the picker is set to it. It is
+    also Grad-CAM's class and A of the contrast view, whose B is ``contrast_class`` (by default
+    the runner-up, see ``contrast_view``). The occlusion check (predicted class) and Grad-CAM run
+    for this face only, and are kept in ``session`` for the next look."""
+    position = _position(session, index)
+    if position is None:
         return EMPTY_FACE
+    face = session.faces[position]
     try:
-        chosen = heat_class if heat_class in predictor.classes else face.label
+        chosen = picked_class(predictor, face, heat_class)
         scale = predictor.heat_scale(face)
-        picked = heatmap_image(face, predictor.class_heatmap(face, chosen), scale)
+        own_cells = predictor.topk_cells(face, face.label)
+        cells = own_cells if chosen == face.label else predictor.topk_cells(face, chosen)
+        picked = heatmap_image(face, predictor.class_heatmap(face, chosen), scale, cells)
         short, more = region_tables(face)
-        return FaceView(
+        view = FaceView(
             probabilities=dict(face.probabilities),
-            heatmap=heatmap_image(face, predictor.class_heatmap(face, face.label), scale),
+            heatmap=heatmap_image(face, predictor.class_heatmap(face, face.label), scale, own_cells),
             class_heatmap=picked,
-            gradcam=gradcam_update(predictor, face, gradcam),
+            gradcam=gradcam_update(predictor, session, position, bool(gradcam), chosen),
             regions=short,
             more_regions=more,
-            heat_legend=heat_legend(scale, bool(gradcam)),
+            heat_legend=heat_legend(scale, bool(gradcam), int(np.count_nonzero(cells)), int(cells.size)),
             score_key=score_key(face),
             heat_class=gr.update(value=chosen),
+            contrast=None, contrast_legend="", contrast_class=gr.update(), occlusion=[], occlusion_summary="",
         )
     except Exception:  # noqa: BLE001 - the UI shows an empty panel, the log keeps the cause
         log.exception("could not render the face view")
         return EMPTY_FACE
+    try:  # the two checks fail on their own, leaving the rest of the panel
+        view = view._replace(**contrast_view(predictor, face, chosen, contrast_class)._asdict())
+    except Exception:  # noqa: BLE001
+        log.exception("could not draw the contrast view")
+        view = view._replace(contrast_legend="The comparison could not be drawn for this face.")
+    try:
+        result = occlusion_of(predictor, session, position)
+        view = view._replace(occlusion=occlusion_rows(result, predictor.classes),
+                             occlusion_summary=occlusion_summary(result, predictor.classes))
+    except Exception:  # noqa: BLE001
+        log.exception("occlusion check failed")
+        view = view._replace(occlusion_summary="The blurring check could not run on this face.")
+    return view
 
 
-def gradcam_update(predictor: Predictor, face: FaceResult, enabled: bool) -> dict[str, Any]:
+def gradcam_map(predictor: Predictor, session: Session, position: int, class_name: str) -> np.ndarray:
+    """Grad-CAM of ``class_name`` for one face: the predicted class's is kept with the face, the
+    last other class's in ``session`` (one per face)."""
+    face = session.faces[position]
+    if class_name == face.label:
+        if face.gradcam is None:
+            predictor.add_gradcam([face])  # computed once per face, then kept with it
+        return face.gradcam
+    key = (position, "gradcam")
+    kept = session.extras.get(key)
+    if kept is None or kept[0] != class_name:
+        kept = (class_name, predictor.gradcam_map(face, class_name))
+        session.extras[key] = kept
+    return kept[1]
+
+
+def gradcam_update(predictor: Predictor, session: Session, position: int, enabled: bool,
+                   class_name: str | None = None) -> dict[str, Any]:
+    """The Grad-CAM image (hidden when off) for ``class_name``, by default the predicted class."""
     if not enabled:
         return gr.update(value=None, visible=False)
-    if face.gradcam is None:
-        predictor.add_gradcam([face])  # computed once per face, then kept with it
-    picture = with_legend(overlay(face.crop, face.gradcam), "blue: no influence", "red: most",
-                          ["Grad-CAM: what raised the score,", "0 (blue) to this face's most (red)"])
-    return gr.update(value=picture, visible=True)
+    face = session.faces[position]
+    class_name = class_name or face.label
+    cam = gradcam_map(predictor, session, position, class_name)
+    picture = with_legend(overlay(face.crop, cam), "blue: no influence", "red: most",
+                          [f"Grad-CAM for {class_name}: what raised its score,",
+                           "0 (blue) to this face's most (red)"])
+    which = "the predicted expression" if class_name == face.label else "the expression picked above"
+    return gr.update(value=picture, visible=True, label=f"Grad-CAM for {class_name} ({which})")
 
 
 # ---- handlers ------------------------------------------------------------------------------------
@@ -618,7 +799,8 @@ def analyze(predictor: Predictor, image: Any, gradcam: bool = False, heat_class:
             picture = load_image(image_source(image), max_side=UPLOAD_MAX_SIDE, min_side=MIN_SIDE)
         finally:
             discard_upload(image, uploads, keep)
-        faces = predictor.predict(picture, explain=True, gradcam=bool(gradcam), max_side=None)
+        # Grad-CAM (a backward pass) is left to face_view: it runs for the face on screen only
+        faces = predictor.predict(picture, explain=True, max_side=None)
     except (ImageError, TypeError) as err:
         return _failure(_unreadable(err, image))
     except Exception:  # noqa: BLE001 - never a stack trace in the UI
@@ -640,9 +822,23 @@ def analyze(predictor: Predictor, image: Any, gradcam: bool = False, heat_class:
 
 
 def select_face(predictor: Predictor, session: Session | None, index: Any, heat_class: str | None,
-                gradcam: bool) -> FaceView:
-    """Re-render the panel for another class or Grad-CAM setting: no new forward pass."""
-    return face_view(predictor, session, index, heat_class, bool(gradcam))
+                gradcam: bool, contrast_class: str | None = None) -> FaceView:
+    """Re-render the panel for another class or Grad-CAM setting: no new forward pass (Grad-CAM of
+    a new class is one backward pass). The contrast keeps its B unless it is the new class."""
+    return face_view(predictor, session, index, heat_class, bool(gradcam), contrast_class)
+
+
+def contrast(predictor: Predictor, session: Session | None, index: Any, heat_class: str | None,
+             contrast_class: str | None) -> ContrastOutputs:
+    """Only the "why A rather than B" view, for another B: A is the class of the second heatmap."""
+    face = _face_at(session, index)
+    if face is None:
+        return EMPTY_CONTRAST
+    try:
+        return contrast_view(predictor, face, picked_class(predictor, face, heat_class), contrast_class)
+    except Exception:  # noqa: BLE001
+        log.exception("could not draw the contrast view")
+        return ContrastOutputs(None, "The comparison could not be drawn for this face.", gr.update())
 
 
 def change_face(predictor: Predictor, session: Session | None, index: Any, gradcam: bool
@@ -700,17 +896,6 @@ def language_notice(text: str) -> str:
             "another language the match means little; try the same words in English.")
 
 
-def probe_prompt(text: str) -> str:
-    """The user's words in the face template the model's descriptions are encoded with
-    (``mpafer.description_bank.DESCRIPTION_TEMPLATE``, "a photo of a face with {description}."),
-    so a probe and a written description are compared on equal terms. Text that already
-    starts like a template ("a photo of ...") is kept as it is."""
-    body = text.strip().rstrip(" .!?;:,")
-    if body.lower().startswith(("a photo of", "a picture of", "a face with")):
-        return body + "."
-    return DESCRIPTION_TEMPLATE.format(description=body)
-
-
 def _probe_share(predictor: Predictor, face: FaceResult, mean: float) -> tuple[float, int] | None:
     """(share of the model's written descriptions that match ``face`` less than a probe whose mean
     cosine over the face is ``mean``, how many there are), measured the same way on the same face."""
@@ -753,17 +938,17 @@ def probe_chart(class_similarity: dict[str, float]):
 
 def probe(predictor: Predictor, session: Session | None, index: Any, text: Any) -> ProbeOutputs:
     """Where a typed description matches the selected face, and how close it is to each
-    expression. The text goes through the same face template as the model's descriptions
-    (``probe_prompt``). The message is plain text: the user's words are never rendered."""
+    expression. ``Predictor.probe`` puts the words in the same face template as the model's
+    descriptions (``mpafer.explain.probe_prompt``); the message says how they were read. The
+    message is plain text: the user's words are never rendered."""
     face = _face_at(session, index)
     if face is None:
         return ProbeOutputs(None, NO_PROBE_FACE, None)
     words, note = clean_probe(text)
     if words is None:
         return ProbeOutputs(None, note, None)
-    prompt = probe_prompt(words)
     try:
-        result = predictor.probe(face, prompt)
+        result = predictor.probe(face, words)
     except ValueError as err:
         return ProbeOutputs(None, str(err), None)
     except Exception:  # noqa: BLE001
@@ -775,7 +960,8 @@ def probe(predictor: Predictor, session: Session | None, index: Any, text: Any) 
     else:
         verdict = (f"{probe_level(share[0]).capitalize()} ({result.mean_activation:.3f}): it matches this "
                    f"face better than {share[0]:.0%} of the model's {share[1]} written descriptions do.")
-    lines = [f'"{words}", read by the model as "{prompt}" (the wording of its own descriptions).', verdict,
+    read_as = result.prompt or words
+    lines = [f'"{words}", read by the model as "{read_as}" (the wording of its own descriptions).', verdict,
              f"Red on the heatmap: where it matches best. Closest expression: {result.closest_class}.",
              note, language_notice(words)]
     low, high = float(np.min(result.map)), float(np.max(result.map))

@@ -9,7 +9,8 @@ at the cost of one matrix product, not another pass:
 * descriptions: each LLM-written description, encoded without its class name
   (``mpafer.description_bank``), scored inside the facial region it talks about and
   calibrated against validation faces (``mpafer.description_scores``);
-* probes: any free text a user types, against the patches and against the class features.
+* probes: any free text a user types, put in the same ``DESCRIPTION_TEMPLATE`` as the
+  descriptions (``probe_prompt``), against the patches and against the class features.
 
 Grad-CAM (``mpafer.grad_cam``) and the occlusion check (``mpafer.occlusion``) are
 independent views that need more passes; they run only when asked.
@@ -33,34 +34,51 @@ from .model import MPAFER
 __all__ = [
     "DESCRIPTION_TEMPLATE", "DescriptionBank", "DescriptionRef", "DescriptionScore", "Explainer", "HeatScale",
     "ProbeResult", "contrast_map", "contrast_overlay", "description_bank", "gradcam", "gradcam_layer",
-    "normalize_map", "outline_cells", "overlay", "region_activation", "topk_cells", "upsample",
+    "normalize_map", "outline_cells", "overlay", "probe_prompt", "region_activation", "topk_cells", "upsample",
 ]
 
 # ---- probes ------------------------------------------------------------------------------------
 
 
+MAX_PROBE_CHARS = 300
+TEMPLATED_PREFIX = "a photo of"  # a probe that already starts like a template is encoded as it is
+
+
+def probe_prompt(text: str) -> str:
+    """What a probe encodes: the words in the face template the descriptions are encoded with
+    (``DESCRIPTION_TEMPLATE``, "a photo of a face with {description}."), so a probe and a
+    written description compare on equal terms. Spaces are collapsed and the text is cut at
+    ``MAX_PROBE_CHARS``; text that already starts with "a photo of" is left as it is."""
+    cleaned = " ".join(str(text).split())[:MAX_PROBE_CHARS].strip()
+    body = cleaned.rstrip(" .!?;:,")
+    if not body:
+        raise ValueError("type a description to probe, e.g. 'wrinkled nose'")
+    if cleaned.lower().startswith(TEMPLATED_PREFIX):
+        return cleaned
+    return DESCRIPTION_TEMPLATE.format(description=body)
+
+
 @dataclass
 class ProbeResult:
-    text: str
+    text: str  # the words as given (spaces collapsed, cut at MAX_PROBE_CHARS)
     map: np.ndarray  # (h, w) raw patch-to-text cosines
     heatmap: np.ndarray  # (H, W) upsampled and normalised to [0, 1] for display
     mean_activation: float  # mean cosine over the face (or the whole crop without a face mask)
     peak_activation: float
     class_similarity: dict[str, float]  # cosine of the text feature to each class text feature
+    prompt: str = ""  # what was encoded: ``text`` in the face template (``probe_prompt``)
 
     @property
     def closest_class(self) -> str:
         return max(self.class_similarity, key=self.class_similarity.get)
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "mean_activation": round(self.mean_activation, 4),
+        return {"text": self.text, "prompt": self.prompt, "mean_activation": round(self.mean_activation, 4),
                 "peak_activation": round(self.peak_activation, 4), "closest_class": self.closest_class,
                 "class_similarity": {k: round(v, 4) for k, v in self.class_similarity.items()}}
 
 
 # ---- the explainer ---------------------------------------------------------------------------
-
-MAX_PROBE_CHARS = 300
 
 
 class Explainer:
@@ -129,11 +147,13 @@ class Explainer:
 
     def probe(self, patch_features: torch.Tensor, text: str, size: int, class_features: torch.Tensor,
               face_mask: np.ndarray | None = None) -> ProbeResult:
-        """Where free ``text`` matches one face's (N, D) patches, and how close it is to each class."""
-        cleaned = " ".join(str(text).split())[:MAX_PROBE_CHARS]
-        if not cleaned:
-            raise ValueError("type a description to probe, e.g. 'wrinkled nose'")
-        feature = self.model.encode_text([cleaned]).to(patch_features.device)  # (1, D), frozen encoder
+        """Where free ``text`` matches one face's (N, D) patches, and how close it is to each class.
+
+        The text is encoded in the descriptions' face template (``probe_prompt``: "wrinkled nose"
+        becomes "a photo of a face with wrinkled nose."; text starting "a photo of" is kept)."""
+        cleaned = " ".join(str(text).split())[:MAX_PROBE_CHARS].strip()
+        prompt = probe_prompt(cleaned)  # ValueError when there is nothing to probe
+        feature = self.model.encode_text([prompt]).to(patch_features.device)  # (1, D), frozen encoder
         grid = self.model.similarity_maps(patch_features[None], feature)[0, 0]  # (h, w)
         values = grid.float().cpu().numpy()
         if face_mask is not None and np.asarray(face_mask).any():
@@ -148,4 +168,5 @@ class Explainer:
             mean_activation=float(inside.mean()),
             peak_activation=float(values.max()),
             class_similarity=dict(zip(self.model.classes, similarity)),
+            prompt=prompt,
         )

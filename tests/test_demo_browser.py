@@ -112,6 +112,51 @@ def test_upload_shows_label_heatmap_and_descriptions(page):
         _save_screenshot(page, "demo.png")
 
 
+def _pick(page, dropdown: str, choice: str) -> None:
+    """Choose ``choice`` in the Gradio dropdown ``dropdown`` (a CSS selector) as a user would."""
+    box = page.locator(f"{dropdown} input")
+    box.click()
+    box.fill(choice)  # filters the list down to the choice
+    page.get_by_role("option", name=choice, exact=True).click()
+
+
+def test_outlines_contrast_occlusion_and_gradcam_for_the_picked_class(page):
+    from playwright.sync_api import expect
+
+    predicted = page.locator("#message").inner_text().split(":", 1)[1].split("(")[0].strip(" *")
+    expect(page.locator("#heat-legend")).to_contain_text("the 16 patches that entered the score")
+    # why A rather than B: B starts at the runner-up, with its own legend
+    legend = page.locator("#contrast-legend")
+    expect(legend).to_contain_text(f"Why {predicted} rather than", timeout=30_000)
+    runner = page.locator("#contrast-class input").input_value()
+    assert runner and runner != predicted
+    expect(legend).to_contain_text(f"Why {predicted} rather than {runner}?")
+    contrast = page.locator("#contrast img")
+    expect(contrast).to_be_visible()
+    assert page.evaluate("img => img.complete && img.naturalWidth", contrast.element_handle()) == 224
+    # the occlusion check beside it, in words
+    expect(page.locator("#occlusion-summary")).to_contain_text(f"Blurring check for {predicted}")
+    expect(page.locator("#occlusion")).to_contain_text("mouth")
+    expect(page.locator("#occlusion")).to_contain_text("points")
+    # another B in the second picker redraws the contrast
+    from mpafer.data.classes import FERPLUS_CLASSES  # the untrained model's classes
+
+    first_src = contrast.get_attribute("src")
+    other = next(name for name in FERPLUS_CLASSES if name not in (predicted, runner))
+    _pick(page, "#contrast-class", other)
+    expect(legend).to_contain_text(f"Why {predicted} rather than {other}?", timeout=30_000)
+    expect(contrast).not_to_have_attribute("src", first_src)
+    # Grad-CAM for the class in the heatmap picker, not only the predicted one
+    page.locator("#gradcam-toggle input[type=checkbox]").check()
+    expect(page.locator("#gradcam img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#gradcam")).to_contain_text(f"Grad-CAM for {predicted}")
+    _pick(page, "#heat-class", other)
+    expect(page.locator("#gradcam")).to_contain_text(f"Grad-CAM for {other}", timeout=60_000)
+    expect(legend).to_contain_text(f"Why {other} rather than {predicted}?")  # B was A: back to the prediction
+    page.locator("#gradcam-toggle input[type=checkbox]").uncheck()
+    expect(page.locator("#gradcam img")).to_be_hidden(timeout=30_000)
+
+
 def test_probe_plain_text_bar_chart_and_cleared_by_a_new_photo(page, tmp_path):
     from playwright.sync_api import expect
 

@@ -63,6 +63,32 @@ def test_group_photo_end_to_end(client):
     assert len(chart["data"]) == 8 and chart["mark"] == "bar"  # one bar per class
 
 
+def test_outlines_contrast_and_occlusion_through_the_api(client):
+    from demo.handlers import OCCLUSION_HEADERS
+
+    out = analyzed(client, ASTRONAUT)
+    ranked = [c["label"] for c in sorted(out["probabilities"]["confidences"], key=lambda c: -c["confidence"])]
+    label = out["probabilities"]["label"]
+    assert ranked[0] == label
+    assert "the 16 patches that entered the score" in out["heat_legend"]  # the top-k outlines, said
+    # why A rather than B: B starts at the runner-up, the image carries its own legend
+    assert out["contrast_class"]["value"] == ranked[1] and Path(out["contrast"]).is_file()
+    assert f"Why {label} rather than {ranked[1]}?" in out["contrast_legend"]
+    assert f"evidence for {ranked[1]}" in out["contrast_legend"]
+    # the occlusion check for the predicted class, one row per region blurred out
+    occlusion = out["occlusion"]
+    assert occlusion["headers"] == OCCLUSION_HEADERS
+    assert sorted(row[0] for row in occlusion["data"]) == sorted(["brows", "eyes", "nose", "mouth", "cheeks", "forehead"])
+    assert all(row[2].endswith(" points") for row in occlusion["data"])
+    assert f"Blurring check for {label}" in out["occlusion_summary"]
+    assert "uncalibrated" in out["score_key"] and out["regions"]["headers"][2] == "written for"
+    # another B through /contrast, on this session's analysis
+    image, legend, picker = client.predict(index=0, heat_class=ranked[2], contrast_class=ranked[3],
+                                           api_name="/contrast")
+    assert Path(image).is_file() and f"Why {ranked[2]} rather than {ranked[3]}?" in legend
+    assert picker["value"] == ranked[3]
+
+
 def test_gradcam_and_bad_upload_through_the_api(client, tmp_path):
     gradcam = analyzed(client, ASTRONAUT, gradcam=True)["gradcam"]
     assert gradcam["visible"] and Path(gradcam["value"]["path"] if isinstance(gradcam["value"], dict)

@@ -66,7 +66,12 @@ def test_group_four_faces_and_face_selector(predictor):
     face = out.session.faces[2]
     assert view.probabilities == face.probabilities
     assert view.gradcam["visible"] and view.gradcam["value"].width == 224  # with its legend below
-    assert face.gradcam is not None  # computed once, kept with the face
+    assert "Grad-CAM for anger" in view.gradcam["label"]  # the class picked, not only the predicted one
+    handlers.select_face(predictor, out.session, 2, None, True)
+    assert face.gradcam is not None  # the predicted class's: computed once, kept with the face
+    assert all(f.gradcam is None for i, f in enumerate(out.session.faces) if i != 2)  # for the face shown only
+    with_cam = handlers.analyze(predictor, str(GROUP), True, None)
+    assert [f.gradcam is not None for f in with_cam.session.faces] == [True, False, False, False]
     # the dropdown's class changes the second heatmap, not the first
     other = handlers.select_face(predictor, out.session, 2, "happiness", False)
     assert np.asarray(other.heatmap).tolist() == np.asarray(view.heatmap).tolist()
@@ -181,16 +186,22 @@ def test_probe(predictor):
     assert "first" in handlers.probe(predictor, None, 0, "smile").message
 
 
-def test_probe_text_goes_through_the_description_template(predictor, monkeypatch):
+def test_probe_text_goes_through_the_description_template_once(predictor, monkeypatch):
+    """The library (Explainer.probe) applies the face template; the handler hands it the words only,
+    so the text encoder sees the template once, and the message says how the words were read."""
     from mpafer.description_bank import DESCRIPTION_TEMPLATE
 
     session = handlers.analyze(predictor, str(ASTRONAUT)).session
-    seen = []
-    original = predictor.probe
+    seen, encoded = [], []
+    original, encode = predictor.probe, predictor.model.encode_text
     monkeypatch.setattr(predictor, "probe", lambda face, text: seen.append(text) or original(face, text))
-    handlers.probe(predictor, session, 0, "  wrinkled   nose. ")
+    monkeypatch.setattr(predictor.model, "encode_text", lambda texts: encoded.extend(texts) or encode(texts))
+    first = handlers.probe(predictor, session, 0, "  wrinkled   nose. ")
     handlers.probe(predictor, session, 0, "a photo of a face with a big grin")
-    assert seen == [DESCRIPTION_TEMPLATE.format(description="wrinkled nose"), "a photo of a face with a big grin."]
+    assert seen == ["wrinkled nose.", "a photo of a face with a big grin"]  # the words, not yet templated
+    assert encoded == [DESCRIPTION_TEMPLATE.format(description="wrinkled nose"), "a photo of a face with a big grin"]
+    assert 'read by the model as "a photo of a face with wrinkled nose."' in first.message
+    assert not hasattr(handlers, "probe_prompt")  # one place applies the template
     assert DESCRIPTION_TEMPLATE == "a photo of a face with {description}."  # what the bank is encoded with
 
 
@@ -261,6 +272,17 @@ def test_descriptions_short_table_and_the_rest_with_words(predictor):
     for row in out.regions + out.more_regions:
         assert row[3].split(" (")[0] in ("strong match", "some match", "no match"), row
     assert "Match" in out.score_key and "strong match" in out.score_key
+    # each row says the expression its description was written for (marked when it is the predicted one)
+    assert handlers.REGION_HEADERS[1:3] == ["description", "written for"]
+    written = {(item.region, item.text): item for items in face.regions.values() for item in items}
+    assert {item.class_name for item in written.values()} - {face.label}  # other classes' descriptions too
+    for row in out.regions + out.more_regions:
+        item = written[(row[0], row[1])]
+        assert row[2] == item.class_name + (" (predicted)" if item.predicted else ""), row
+        assert item.predicted == (item.class_name == face.label)
+    # no description_calibration.json beside the untrained model: the key says the scores are uncalibrated
+    assert not predictor.explainer.calibrated and "**uncalibrated**" in out.score_key
+    assert "Written for" in out.score_key
 
 
 def test_score_words():
@@ -374,10 +396,187 @@ def test_requests_leave_no_files_behind(predictor, tmp_path, monkeypatch):
     upload = ASTRONAUT.read_bytes()
     before_repo = _files_under(REPO / "demo")
     out = handlers.analyze(predictor, upload, True, "anger")
-    handlers.select_face(predictor, out.session, 0, "fear", True)
+    handlers.select_face(predictor, out.session, 0, "fear", True, "anger")
+    handlers.contrast(predictor, out.session, 0, "fear", "happiness")
     handlers.probe(predictor, out.session, 0, "raised eyebrows")
     handlers.live(predictor, np.asarray(_astronaut()))
     assert out.session.faces
     assert _files_under(private) == set()
     assert _files_under(REPO / "demo") == before_repo
     assert not (Path(os.getcwd()) / ".gradio").exists()
+
+
+def test_analyze_outputs_are_the_face_view_then_the_probe():
+    """The app wires AnalyzeOutputs, FaceView and ContrastOutputs to lists of components by position."""
+    fields = handlers.AnalyzeOutputs._fields
+    face = handlers.FaceView._fields
+    assert fields[:3] == ("annotated", "message", "face_selector") and fields[3:3 + len(face)] == face
+    assert fields[3 + len(face):] == tuple(f"probe_{name}" for name in handlers.ProbeOutputs._fields) + ("session",)
+    assert set(handlers.ContrastOutputs._fields) <= set(face)
+    assert len(handlers.EMPTY_FACE) == len(face) and len(handlers.UNCHANGED) == len(fields)
+
+
+def _outline_pixels(picture: Image.Image, face, heat: np.ndarray) -> np.ndarray:
+    """(S, S) True where ``picture`` (a heatmap with its legend below) differs from the bare overlay."""
+    from mpafer.heatmaps import overlay
+
+    side = face.crop.width
+    drawn = np.asarray(picture)[:side].astype(int)
+    plain = np.asarray(overlay(face.crop, heat)).astype(int)
+    changed = np.any(drawn != plain, axis=-1)
+    assert (drawn[changed] == 255).all()  # white lines only
+    return changed
+
+
+def test_class_heatmaps_outline_the_patches_that_entered_the_score(predictor):
+    out = handlers.analyze(predictor, str(ASTRONAUT))
+    face = out.session.faces[0]
+    other = handlers.runner_up(face)
+    view = handlers.select_face(predictor, out.session, 0, other, False)
+    k = predictor.model.config.topk
+    masks = []
+    for picture, name in ((out.heatmap, face.label), (view.class_heatmap, other)):
+        cells = predictor.topk_cells(face, name)
+        assert cells.shape == predictor.model.grid and cells.sum() == k
+        changed = _outline_pixels(picture, face, predictor.class_heatmap(face, name))
+        assert changed.any()
+        # every outline pixel lies on the edge of one of the top-k cells (within the line width)
+        step = face.crop.width / cells.shape[0]
+        near = np.zeros_like(changed)
+        for r, c in zip(*np.nonzero(cells)):
+            near[max(0, int(r * step) - 3):int((r + 1) * step) + 3, max(0, int(c * step) - 3):int((c + 1) * step) + 3] = True
+        assert near[changed].all()
+        # ... and most top-k cells carry outline pixels (a cell inside a block of them has none)
+        touched = sum(bool(changed[int(r * step):int((r + 1) * step) + 1, int(c * step):int((c + 1) * step) + 1].any())
+                      for r, c in zip(*np.nonzero(cells)))
+        assert touched >= k // 2
+        masks.append(changed)
+    if not np.array_equal(predictor.topk_cells(face, face.label), predictor.topk_cells(face, other)):
+        assert not np.array_equal(masks[0], masks[1])  # each class's own cells
+    note = f"outlined: the {k} patches that entered the score"
+    assert handlers.outline_note(k) == note and "Outlined in white" in out.heat_legend
+    assert f"the {k} patches that entered the score" in out.heat_legend
+    bare = handlers.heatmap_image(face, predictor.class_heatmap(face, face.label), predictor.heat_scale(face))
+    assert bare.height < out.heatmap.height  # the legend strip has one more line: the outline note
+
+
+def test_contrast_why_a_rather_than_b(predictor):
+    out = handlers.analyze(predictor, str(ASTRONAUT))
+    face = out.session.faces[0]
+    ranked = sorted(face.probabilities, key=face.probabilities.get, reverse=True)
+    assert ranked[0] == face.label
+    assert handlers.runner_up(face) == ranked[1] and out.contrast_class["value"] == ranked[1]  # B starts at the runner-up
+    assert f"Why {face.label} rather than {ranked[1]}?" in out.contrast_legend
+    assert f"evidence for {face.label}" in out.contrast_legend and f"evidence for {ranked[1]}" in out.contrast_legend
+    picture = np.asarray(out.contrast)
+    side = face.crop.width
+    assert picture.shape[1] == side and picture.shape[0] > side  # the crop with its own legend below
+
+    def colour_at_extreme(image: np.ndarray, first: str, second: str) -> tuple[np.ndarray, float]:
+        """The colour blended onto the crop (alpha 0.5) at the cell where the two maps differ most."""
+        diff = predictor.contrast(face, first, second)
+        assert diff.shape == predictor.model.grid
+        r, c = np.unravel_index(int(np.argmax(np.abs(diff))), diff.shape)
+        step = side // diff.shape[0]
+        y, x = r * step + step // 2, c * step + step // 2
+        colour = 2 * (image[y, x].astype(float) - 0.5 * np.asarray(face.crop)[y, x].astype(float))
+        return colour, float(diff[r, c])
+
+    colour, value = colour_at_extreme(picture, face.label, ranked[1])
+    red_minus_blue = colour[0] - colour[2]
+    assert red_minus_blue > 60 if value > 0 else red_minus_blue < -60  # red for A, blue for B
+    swapped = np.asarray(handlers.contrast(predictor, out.session, 0, ranked[1], face.label).contrast)
+    colour, _ = colour_at_extreme(swapped, face.label, ranked[1])
+    assert (colour[0] - colour[2]) * red_minus_blue < 0  # the other way round: the other colour
+    bar = picture[side + 3 + 4]  # the middle of the legend's colour bar
+    left, right = bar[5].astype(int), bar[-6].astype(int)
+    assert left[2] > left[0] + 40 and right[0] > right[2] + 40  # blue (B) on the left, red (A) on the right
+
+    # another B redraws the contrast alone; A is the class of the second heatmap
+    third = handlers.contrast(predictor, out.session, 0, None, ranked[2])
+    assert third.contrast_class["value"] == ranked[2] and f"rather than {ranked[2]}" in third.contrast_legend
+    assert not np.array_equal(np.asarray(third.contrast), picture)
+    same = handlers.contrast(predictor, out.session, 0, ranked[2], ranked[2])  # B = A: the most probable other
+    assert same.contrast_class["value"] == ranked[0]
+    view = handlers.select_face(predictor, out.session, 0, ranked[3], False, ranked[2])  # A moves, B kept
+    assert view.contrast_class["value"] == ranked[2]
+    assert f"Why {ranked[3]} rather than {ranked[2]}?" in view.contrast_legend
+    view, _ = handlers.change_face(predictor, out.session, 0, False)  # a face picked: B back at the runner-up
+    assert view.contrast_class["value"] == ranked[1]
+    assert handlers.contrast(predictor, None, 0, None, None) == handlers.EMPTY_CONTRAST
+
+
+def test_occlusion_check_runs_for_the_face_shown_once(predictor, monkeypatch):
+    from mpafer.occlusion import OCCLUDED_REGIONS
+
+    calls = []
+    original = predictor.occlusion
+    monkeypatch.setattr(predictor, "occlusion", lambda face, *args: calls.append(id(face)) or original(face, *args))
+    out = handlers.analyze(predictor, str(GROUP))
+    faces = out.session.faces
+    assert len(faces) == 4 and calls == [id(faces[0])]  # only the face on screen, not all four
+    result = original(faces[0])
+    assert result.target == predictor.classes.index(faces[0].label)  # the predicted class
+    assert [row[0] for row in out.occlusion] == [r.region for r in result.regions]
+    assert set(row[0] for row in out.occlusion) == set(OCCLUDED_REGIONS)
+    assert all(len(row) == len(handlers.OCCLUSION_HEADERS) for row in out.occlusion)
+    changes = [float(row[2].split()[0]) for row in out.occlusion]
+    assert changes == sorted(changes)  # the largest drop first
+    assert changes == pytest.approx([100 * r.change for r in result.regions], abs=0.051)
+    for row, region in zip(out.occlusion, result.regions):
+        assert row[1] == f"{result.probability:.0%} → {region.probability:.0%}" and row[2].endswith(" points")
+        assert row[3] == handlers.occlusion_words(region.change, faces[0].label, predictor.classes[region.label])
+    assert f"Blurring check for {faces[0].label}" in out.occlusion_summary
+    assert f"{faces[0].confidence:.0%} on the whole face" in out.occlusion_summary
+    handlers.select_face(predictor, out.session, 0, "anger", True)  # another class, Grad-CAM: kept, not rerun
+    handlers.contrast(predictor, out.session, 0, None, "fear")
+    assert len(calls) == 1
+    view, _ = handlers.change_face(predictor, out.session, 2, False)
+    assert calls == [id(faces[0]), id(faces[2])] and view.occlusion
+    handlers.change_face(predictor, out.session, 2, False)
+    assert len(calls) == 2
+
+
+def test_occlusion_in_words():
+    from mpafer.occlusion import OcclusionResult, RegionOcclusion
+
+    classes = ["neutral", "happiness", "surprise"]
+    result = OcclusionResult(1, 0.82, (RegionOcclusion("mouth", 0.40, -0.42, 0), RegionOcclusion("eyes", 0.79, -0.03, 1),
+                                       RegionOcclusion("nose", 0.824, 0.004, 1), RegionOcclusion("brows", 0.86, 0.04, 1),
+                                       RegionOcclusion("cheeks", 0.95, 0.13, 1)))
+    rows = handlers.occlusion_rows(result, classes)
+    assert rows[0] == ["mouth", "82% → 40%", "-42.0 points",
+                       "matters a lot: without it the model is much less sure of happiness; it then sees neutral"]
+    assert rows[1][3] == "matters a little: without it the model is a little less sure of happiness"
+    assert rows[2][2] == "+0.4 points" and rows[2][3] == "hardly matters"
+    assert rows[3][3].startswith("works a little against happiness")
+    assert rows[4][3].startswith("works strongly against happiness")
+    summary = handlers.occlusion_summary(result, classes)
+    assert "Blurring check for happiness** (82% on the whole face)" in summary
+    assert "Blurring the mouth lowers happiness most, to 40%." in summary
+    flat = OcclusionResult(1, 0.5, (RegionOcclusion("eyes", 0.49, -0.01, 1),))
+    assert "No single part lowers happiness by 2 points or more" in handlers.occlusion_summary(flat, classes)
+
+
+def test_gradcam_follows_the_class_picker(predictor, monkeypatch):
+    from mpafer.heatmaps import overlay
+
+    out = handlers.analyze(predictor, str(ASTRONAUT), True)
+    face = out.session.faces[0]
+    assert out.gradcam["visible"] and out.gradcam["label"] == f"Grad-CAM for {face.label} (the predicted expression)"
+    other = handlers.runner_up(face)
+    calls = []
+    original = predictor.gradcam_map
+    monkeypatch.setattr(predictor, "gradcam_map", lambda f, name=None: calls.append(name) or original(f, name))
+    view = handlers.select_face(predictor, out.session, 0, other, True)
+    assert calls == [other] and view.gradcam["label"] == f"Grad-CAM for {other} (the expression picked above)"
+    drawn = np.asarray(view.gradcam["value"])[:face.crop.height].astype(int)
+    expected = np.asarray(overlay(face.crop, original(face, other))).astype(int)
+    assert np.abs(drawn - expected).max() <= 1  # the other class's own Grad-CAM, not the predicted one's
+    assert not np.array_equal(np.asarray(view.gradcam["value"]), np.asarray(out.gradcam["value"]))
+    assert "picked expression" in view.heat_legend
+    handlers.select_face(predictor, out.session, 0, other, True, "fear")  # another B: the map is kept
+    assert calls == [other]
+    back = handlers.select_face(predictor, out.session, 0, face.label, True)  # the predicted one: kept with the face
+    assert calls == [other] and np.array_equal(np.asarray(back.gradcam["value"]), np.asarray(out.gradcam["value"]))
+    assert handlers.select_face(predictor, out.session, 0, other, False).gradcam["visible"] is False

@@ -146,7 +146,7 @@ def test_description_heatmap_lights_the_region_of_the_painted_description(model,
 
 def test_probe_maps_free_text_without_a_forward_pass(model, explainer, masks, monkeypatch):
     text = "wrinkled nose"
-    feature = model.encode_text([text])[0]
+    feature = model.encode_text([DESCRIPTION_TEMPLATE.format(description=text)])[0]  # what a probe encodes
     patches = _patches_matching(model, feature, masks["nose"])
     classes = model.class_text_features().features
 
@@ -155,7 +155,7 @@ def test_probe_maps_free_text_without_a_forward_pass(model, explainer, masks, mo
 
     monkeypatch.setattr(model, "forward", no_forward)
     result = explainer.probe(patches, "  wrinkled   nose ", 224, classes, face_mask=masks["face"])
-    assert result.text == text
+    assert result.text == text and result.prompt == "a photo of a face with wrinkled nose."
     assert result.heatmap.shape == (224, 224) and result.map.shape == model.grid
     assert np.allclose(result.map[masks["nose"]], 1.0, atol=1e-4)
     assert result.peak_activation == pytest.approx(1.0, abs=1e-4)
@@ -166,6 +166,41 @@ def test_probe_maps_free_text_without_a_forward_pass(model, explainer, masks, mo
     assert result.to_dict()["closest_class"] == result.closest_class
     with pytest.raises(ValueError):
         explainer.probe(patches, "   ", 224, classes)
+
+
+def test_probe_encodes_the_face_template_once(model, explainer, masks, monkeypatch):
+    """The probe's words go through DESCRIPTION_TEMPLATE inside Explainer.probe, as the bank's
+    descriptions do; text that already starts "a photo of" is encoded as it is, never wrapped twice."""
+    patches = torch.randn(model.grid[0] * model.grid[1], model.embed_dim)
+    classes = model.class_text_features().features
+    encoded = []
+    original = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda texts: encoded.extend(texts) or original(texts))
+    cases = {
+        "  wrinkled   nose. ": "a photo of a face with wrinkled nose.",
+        "eyes wide open!": "a photo of a face with eyes wide open.",
+        "a photo of a face with a big grin": "a photo of a face with a big grin",
+        "A photo of someone frowning.": "A photo of someone frowning.",
+        "a face with a frown": "a photo of a face with a face with a frown.",  # only "a photo of" is kept
+    }
+    for text, prompt in cases.items():
+        result = explainer.probe(patches, text, 224, classes, face_mask=masks["face"])
+        assert result.prompt == prompt and encoded[-1] == prompt, text
+        assert result.to_dict()["prompt"] == prompt
+    assert len(encoded) == len(cases)  # one encoding per probe
+    assert encoded[0].count("a photo of") == 1
+    # the probe's feature is the bank's feature when the words are a description's own
+    bank = description_bank(model)
+    words = bank.items[0].text
+    probe_grid = explainer.probe(patches, words, 224, classes).map
+    bank_grid = model.similarity_maps(patches[None], bank.features[:1])[0, 0].numpy()
+    assert np.allclose(probe_grid, bank_grid, atol=1e-4)
+    from mpafer.explain import probe_prompt
+
+    assert probe_prompt("smile") == DESCRIPTION_TEMPLATE.format(description="smile")
+    for empty in ("", "  ", " . ", "?!"):
+        with pytest.raises(ValueError):
+            probe_prompt(empty)
 
 
 def test_region_activation_follows_the_heat(masks):
