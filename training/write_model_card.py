@@ -79,6 +79,10 @@ def card(bundle: Path, runs: Path) -> str:
     stage0_minutes = summary0.get("train_seconds", 0) / 60
     stage1_minutes = sum(float(r["epoch_seconds"]) for r in stage1) / 60
     vision = backbone_cfg["vision_cfg"]
+    speeds = [float(r["images_per_s"]) for r in summary0.get("history", [])] or [0.0]
+    fastest, slowest = max(speeds), min(speeds)
+    best_row = max(stage1, key=lambda r: float(r["val_accuracy"])) if stage1 else {}
+    best1, best1_epoch = best_row.get("val_accuracy"), best_row.get("epoch", "?")
     lines = [
         "# mpafer-ferplus-default",
         "",
@@ -132,11 +136,14 @@ def card(bundle: Path, runs: Path) -> str:
         " starts as the identity and is held near a rotation (orthogonality penalty), so MiniLM's neighbourhoods survive.",
         f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
         "cosine, batch 128, bf16 autocast, random resized crop / flip / erasing; CGLA-style logits against one sampled"
-        " text per class (bank prompts and class-free descriptions), soft-label cross-entropy.",
+        " text per class (bank prompts and class-free descriptions), soft-label cross-entropy. Best validation"
+        f" accuracy {pct(summary0.get('best', {}).get('valid_acc'))} (epoch {summary0.get('best', {}).get('epoch', '?')},"
+        f" hard-prompt class means, zero-shot), {fastest:.0f} images/s in the fastest epoch, {slowest:.0f} in the"
+        " slowest (the machine was shared with other jobs during some epochs: the minutes above include that).",
         f"* **Stage 1** ({len(stage1)} epochs, {stage1_minutes:.1f} min): {meta['num_learnable']:,} learnable"
         " parameters (CoOp context from \"a photo of a face that looks\", 8 visual prompts in every block), loss"
         f" CE + beta L_t + gamma L_v (beta = {meta['config']['loss']['beta']}, gamma = {meta['config']['loss']['gamma']}),"
-        f" CGLA with top-{meta['config']['topk']} patches.",
+        f" CGLA with top-{meta['config']['topk']} patches. Best validation accuracy {pct(best1)} (epoch {best1_epoch}).",
         f"* **Machine**: {summary0.get('threads', 2)}-thread x86-64 CPU (AVX-512-BF16), no GPU; stage 0 + stage 1"
         f" {stage0_minutes + stage1_minutes:.1f} minutes of training (epoch time, evaluation excluded).",
         "* **Command**: `bash training/make_default_model.sh ../shared/data/ferplus` (resumable).",
