@@ -11,7 +11,7 @@ BUNDLE=${BUNDLE:-assets/models/mpafer-ferplus-default}
 PY=${PYTHON:-python}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}  # keep the 2 training threads on their cores
 
-# stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (about 75 minutes here)
+# stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (65-85 minutes here)
 $PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-24}"
 # stage 1: MPA-FER prompts on the frozen stage-0 backbone (CE + L_t + L_v, CGLA)
 $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DATA" --out "$RUNS/stage1" \
@@ -20,6 +20,8 @@ $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DA
 [ -s "$RUNS/crop_protocol.json" ] || \
     $PY training/crop_protocol.py calibrate --data "$DATA" --split valid --limit 1000 --no-progress > "$RUNS/crop_protocol.json"
 $PY training/bundle_default_model.py "$RUNS/stage1/best" "$BUNDLE" --protocol "$RUNS/crop_protocol.json"
+# each description's score distribution over validation faces: calibrated region scores in the demo
+$PY training/calibrate_descriptions.py --data "$DATA" --checkpoint "$BUNDLE" --limit 1000
 # the model card's numbers, all from the bundle
 MPAFER_CHECKPOINT="$BUNDLE" $PY -m mpafer evaluate --dataset ferplus --data "$DATA" --split test --json \
     --confusion "$BUNDLE/confusion.png" > "$RUNS/test_metrics.json"
@@ -28,4 +30,6 @@ $PY training/paraphrase_probe.py --data "$DATA" --checkpoint "$BUNDLE" --scoring
     > "$RUNS/paraphrases_centred.json"
 # the whole Predictor pipeline (detector, crop, model) on test faces upscaled to 256 px and padded
 $PY training/crop_protocol.py pipeline --data "$DATA" --checkpoint "$BUNDLE" --no-progress --json > "$RUNS/pipeline.json"
+# CPU time per face (run on a quiet machine: it is a timing)
+$PY training/bench_face_latency.py --checkpoint "$BUNDLE" --json > "$RUNS/latency.json"
 $PY training/write_model_card.py --bundle "$BUNDLE" --runs "$RUNS"
