@@ -58,7 +58,7 @@ FIELDS = ("epoch", "lr", "loss", "ce", "ortho", "train_acc", "valid_acc", "valid
           "logit_scale", "images_per_s", "seconds")
 # what a resumed run must share with the run it continues (the rest may change: --no-progress ...)
 HASHED = ("model", "bank", "text_pool", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "topk",
-          "text_lr", "ortho_weight", "precision", "seed", "limit_per_class")
+          "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--topk", type=int, default=16)
+    parser.add_argument("--class-mean-weight", type=float, default=0.0,
+                        help="weight of a second cross-entropy against each class's mean bank-prompt feature: "
+                             "the zero-shot classifier evaluation and stage 1 start from")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16 autocast (CPUs with AVX-512-BF16 or AMX, and GPUs) or plain fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -180,13 +183,20 @@ def attention_backend(device: str):
     return nullcontext()
 
 
-def cgla_logits(model, images: torch.Tensor, text: torch.Tensor, topk: int, bf16: bool):
+def image_features(model, images: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised global and patch features of the image tower (bf16 autocast when asked)."""
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16), \
             attention_backend(images.device.type):
         features = encode_image(model.visual, images)
-    scores = cgla_scores(F.normalize(features.pooled.float(), dim=-1), F.normalize(features.patches.float(), dim=-1),
-                         text, topk)
-    return model.logit_scale.exp().clamp(max=100) * scores.combined()
+    return F.normalize(features.pooled.float(), dim=-1), F.normalize(features.patches.float(), dim=-1)
+
+
+def scaled_scores(model, features: tuple[torch.Tensor, torch.Tensor], text: torch.Tensor, topk: int):
+    return model.logit_scale.exp().clamp(max=100) * cgla_scores(*features, text, topk).combined()
+
+
+def cgla_logits(model, images: torch.Tensor, text: torch.Tensor, topk: int, bf16: bool):
+    return scaled_scores(model, image_features(model, images, bf16), text, topk)
 
 
 @torch.no_grad()
@@ -347,8 +357,14 @@ def main(argv=None) -> int:
             params = sample_augment(len(index), aug, generator)
             x = apply_augment(images[index], params, size, mean, std)
             text = F.normalize(proj(pooled_text[sampler(generator).to(device)]), dim=-1)
-            logits = cgla_logits(model, x, text, args.topk, bf16)
+            features = image_features(model, x, bf16)
+            logits = scaled_scores(model, features, text, args.topk)
             ce = F.cross_entropy(logits, targets[index])
+            if args.class_mean_weight:
+                # the sampled texts keep descriptions aligned by content; the class means are what is evaluated
+                text_mean = class_text(proj(pooled_text[:num_bank]), owner[:num_bank], num_classes)
+                ce = ce + args.class_mean_weight * F.cross_entropy(
+                    scaled_scores(model, features, text_mean, args.topk), targets[index])
             ortho = orthogonality(proj.weight)
             loss = ce + args.ortho_weight * ortho
             optimizer.zero_grad(set_to_none=True)
