@@ -1,6 +1,7 @@
-"""Batched image preparation on whatever device the uint8 batch lives on (the GPU in training).
+"""Training-time augmentation, batched on whatever device the uint8 batch lives on (the GPU in training).
 
-* ``to_model_input``: uint8 faces -> resized, normalised float images (evaluation, prediction).
+Deterministic preparation (layout, resize, mean/std) lives in ``mpafer.transforms``.
+
 * ``sample_augment`` + ``apply_augment``: random resized crop, horizontal flip and random erasing.
 
 Augmentation is split in two so that the random draws are cheap, small and made on the CPU from
@@ -18,9 +19,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .transforms import _to_unit_float, as_nchw, standardize
 
 
 @dataclass
@@ -101,53 +103,6 @@ def sample_augment(n: int, config: AugmentConfig, generator: torch.Generator | N
     return AugmentParams(torch.stack([cx, cy, w, h], dim=1), flip, erase)
 
 
-def as_nchw(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """A uint8 (or float) batch in NHWC or NCHW layout, as an NCHW tensor (a view when possible)."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if images.dim() == 3:  # one image
-        images = images.unsqueeze(0)
-    if images.dim() != 4:
-        raise ValueError(f"expected a batch of images (N, H, W, 3) or (N, 3, H, W), got shape {tuple(images.shape)}")
-    if images.shape[1] == 3 and images.shape[-1] != 3:
-        return images
-    if images.shape[-1] == 3:
-        return images.permute(0, 3, 1, 2)
-    if images.shape[1] == 3:
-        return images
-    raise ValueError(f"images need 3 colour channels first or last, got shape {tuple(images.shape)}")
-
-
-def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """NCHW uint8 -> float32 in [0, 1]; float input is taken to be in [0, 1] already."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    return images.float()
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t
-
-
-def to_model_input(images: torch.Tensor | np.ndarray, size: int, mean: Sequence[float],
-                   std: Sequence[float], device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 NHWC/NCHW faces -> float32 (N, 3, size, size), resized and normalised; no randomness.
-
-    Shrinking uses antialiasing (as PIL would), enlarging plain bilinear. With ``device`` the
-    uint8 batch is moved first, so the float copy is only ever made where it is used.
-    """
-    x = as_nchw(images)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    x = _to_unit_float(x)
-    if x.shape[-2:] != (size, size):
-        shrink = x.shape[-1] > size or x.shape[-2] > size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-    return normalize(x, mean, std)
-
-
 def _crop_grid(params: AugmentParams, size: int, dtype: torch.dtype) -> torch.Tensor:
     """Sampling grid (B, size, size, 2) that crops each box, resizes it to size and maybe flips it."""
     crop = params.crop.to(dtype)
@@ -182,7 +137,7 @@ def apply_augment(images: torch.Tensor, params: AugmentParams, size: int, mean: 
     params = params.to(x.device)
     x = F.grid_sample(x, _crop_grid(params, size, x.dtype), mode="bilinear", padding_mode="border",
                       align_corners=False)
-    x = normalize(x, mean, std)
+    x = standardize(x, mean, std)
     return x.masked_fill(_erase_mask(params, size, x.device), 0.0)
 
 

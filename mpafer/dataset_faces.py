@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import to_model_input
+from .transforms import to_model_input
 from .face_geometry import Box, Regions, face_regions, region_masks
 from .input_protocol import InputProtocol, to_grey
 

@@ -6,7 +6,7 @@
 
 ``dataset`` is anything with ``images`` (uint8 (N, H, W, 3) numpy array or tensor, on any device),
 ``labels`` and ``classes``: a ``mpafer.data.FaceDataset``, or the device-resident copy the
-training script keeps. Images are resized and normalised on the model's device (augment.to_model_input).
+training script keeps. Images are resized and normalised on the model's device (transforms.to_model_input).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .augment import to_model_input
+from .transforms import to_model_input
 from .input_protocol import to_grey
 
 

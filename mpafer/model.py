@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, BackboneConfig, load_backbone
@@ -18,8 +17,8 @@ from .cgla import cgla_scores, patch_text_similarity, to_grid
 from .descriptions import HardPrompt, load_bank
 from .input_protocol import InputProtocol
 from .losses import LossConfig
-from .prompts import (DeepVisualPrompts, TextPromptLearner, content_mask, encode_image, text_encoder_for,
-                      normalize)
+from .prompts import (DeepVisualPrompts, TextPromptLearner, class_means, content_mask, l2_normalize,
+                      text_encoder_for, visual_features)
 
 
 @dataclass
@@ -163,7 +162,7 @@ class MPAFER(nn.Module):
         chunks = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
-            chunks.append(normalize(self.text.encode_tokens(tokens)))
+            chunks.append(l2_normalize(self.text.encode_tokens(tokens)))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=self.device)
 
     def hard_text_features(self) -> torch.Tensor:
@@ -176,8 +175,7 @@ class MPAFER(nn.Module):
     def hard_class_features(self) -> torch.Tensor:
         """(C, D): each class's hard prompts averaged (the zero-shot ensemble), normalised."""
         features = self.hard_text_features()
-        one_hot = F.one_hot(self.hard_class.to(features.device), self.num_classes).to(features.dtype)
-        return F.normalize(one_hot.t() @ features, dim=-1)
+        return class_means(features, self.hard_class, self.num_classes)
 
     @torch.no_grad()
     def hard_token_features(self, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +187,7 @@ class MPAFER(nn.Module):
             outputs = []
             for start in range(0, tokens.shape[0], batch_size):
                 _, per_token = self.text.encode_tokens(tokens[start:start + batch_size], return_tokens=True)
-                outputs.append(normalize(per_token[:, :length]))
+                outputs.append(l2_normalize(per_token[:, :length]))
             self._hard_token_cache = (torch.cat(outputs), mask[:, :length])
         return self._hard_token_cache
 
@@ -197,8 +195,8 @@ class MPAFER(nn.Module):
         learner = self.text_prompts
         pooled, per_token = self.text.encode_embeddings(learner(), learner.tokens, return_tokens=True)
         if not with_tokens:
-            return TextFeatures(normalize(pooled))
-        return TextFeatures(normalize(pooled), normalize(per_token[:, :learner.length]), learner.token_mask)
+            return TextFeatures(l2_normalize(pooled))
+        return TextFeatures(l2_normalize(pooled), l2_normalize(per_token[:, :learner.length]), learner.token_mask)
 
     def class_text_features(self, with_tokens: bool = False) -> TextFeatures:
         """Class features from the soft prompts, cached while the context does not change."""
@@ -218,8 +216,8 @@ class MPAFER(nn.Module):
     # ---- image side --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, prompted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, D) global and (B, N, D) patch features; prompted=False is the frozen CLIP."""
-        features = encode_image(self.clip.visual, images, self.visual_prompts if prompted else None)
-        return normalize(features.pooled), normalize(features.patches)
+        features = visual_features(self.clip.visual, images, self.visual_prompts if prompted else None)
+        return l2_normalize(features.pooled), l2_normalize(features.patches)
 
     def similarity_maps(self, patch_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """(B, N, D) patches x (T, D) texts -> (B, T, H, W) maps: where each text matches the face."""

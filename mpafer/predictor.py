@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import to_model_input
+from .transforms import to_model_input
 from .input_protocol import to_grey
 from .backbone import BackboneConfig
 from .description_calibration import load_calibration
 from .explain import (DescriptionScore, Explainer, HeatScale, ProbeResult, gradcam, normalize_map, region_activation,
                       upsample)
 from .occlusion import OcclusionResult, occlusion_effects, pixel_masks
-from .faces import (DEFAULT_MARGIN, DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, crop_face,
+from .faces import (DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, crop_face,
                     face_regions, limit_faces, region_masks)
 from .images import DEFAULT_MAX_SIDE, load_image
 from .model import MPAFER, MPAFERConfig, create_model

@@ -5,7 +5,7 @@
 * ``TextPromptLearner``: owns the M context vectors (shared or class-specific) and builds the
   ``[SOS][ctx_1..ctx_M][class].[EOS]`` embeddings, and the mask of the soft tokens L_ta compares
   (``soft_token_mask``: on a causal tower, not the shared context).
-* ``DeepVisualPrompts`` + ``encode_image``: VPT-deep, N learnable tokens appended at the input
+* ``DeepVisualPrompts`` + ``visual_features``: VPT-deep, N learnable tokens appended at the input
   of each of the first K blocks of the frozen ViT and dropped after it; returns the global
   feature and every patch feature, both projected into the joint space.
 """
@@ -179,9 +179,11 @@ class ImageFeatures:
     grid: tuple[int, int]
 
 
-def encode_image(visual: nn.Module, images: torch.Tensor,
-                 prompts: DeepVisualPrompts | None = None) -> ImageFeatures:
-    """Run open_clip's VisionTransformer with deep prompts (or none) and keep the patch tokens."""
+def visual_features(visual: nn.Module, images: torch.Tensor,
+                    prompts: DeepVisualPrompts | None = None) -> ImageFeatures:
+    """Run open_clip's VisionTransformer with deep prompts (or none) and keep the patch tokens.
+
+    Raw (not normalised) features; ``MPAFER.encode_image`` is the normalised pair the model scores with."""
     if getattr(visual, "attn_pool", None) is not None or visual.pool_type != "tok":
         raise TypeError("mpafer needs a class-token ViT (pool_type 'tok', no attention pooling)")
     x = visual._embeds(images)  # (B, 1 + N, W): class token, patches, positions, ln_pre
@@ -207,8 +209,16 @@ def encode_image(visual: nn.Module, images: torch.Tensor,
     return ImageFeatures(pooled=pooled, patches=tokens, grid=grid)
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Unit length along the last axis, in float32 (features; images are standardised in mpafer.transforms)."""
     return F.normalize(x.float(), dim=-1)
+
+
+def class_means(features: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(P, D) prompt features and the class of each -> (C, D): each class's unit features averaged, unit length
+    again. The zero-shot classifier of a prompt ensemble (and L_pa's target)."""
+    one_hot = F.one_hot(owner.to(features.device), num_classes).to(features.dtype)
+    return F.normalize(one_hot.t() @ F.normalize(features, dim=-1), dim=-1)
 
 
 def text_encoder_for(clip_model: nn.Module):

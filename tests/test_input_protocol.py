@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mpafer.augment import to_model_input
+from mpafer.transforms import to_model_input
 from mpafer.checkpoint import load_checkpoint, save_checkpoint
 from mpafer.input_protocol import InputProtocol, to_grey
 

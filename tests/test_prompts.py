@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpafer.backbone import load_backbone
-from mpafer.prompts import DeepVisualPrompts, TextEncoder, TextPromptLearner, encode_image
+from mpafer.prompts import DeepVisualPrompts, TextEncoder, TextPromptLearner, visual_features
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_too_long_class_prompt_is_refused(backbone):
 def test_unprompted_image_path_matches_open_clip(backbone):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        ours = encode_image(backbone.model.visual, images)
+        ours = visual_features(backbone.model.visual, images)
         theirs = backbone.model.encode_image(images)
     torch.testing.assert_close(ours.pooled, theirs)
     assert ours.patches.shape == (2, 16, theirs.shape[1]) and ours.grid == (4, 4)
@@ -55,8 +55,8 @@ def test_deep_prompts_change_the_output_and_are_dropped_after_each_block(backbon
     prompts = DeepVisualPrompts(num_tokens=3, depth=1, width=visual.transformer.width, patch_size=8)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        plain = encode_image(visual, images)
-        prompted = encode_image(visual, images, prompts)
+        plain = visual_features(visual, images)
+        prompted = visual_features(visual, images, prompts)
     assert prompted.patches.shape == plain.patches.shape  # prompt tokens never reach the output
     assert not torch.allclose(prompted.pooled, plain.pooled)
     assert prompts(1, 2, torch.float32) is None  # only the first K=1 blocks get prompts

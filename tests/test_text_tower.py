@@ -1,8 +1,6 @@
 """The pretrained text tower: found through package metadata, verified, unpacked once, loaded offline,
 and soft prompts on it (CoOp on a bidirectional Hugging Face tower)."""
 import os
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch

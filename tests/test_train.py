@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mpafer.augment import AugmentConfig, apply_augment, as_nchw, sample_augment, to_model_input
+from mpafer.augment import AugmentConfig, apply_augment, sample_augment
+from mpafer.transforms import as_nchw, to_model_input
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "training" / "train.py"

@@ -7,7 +7,7 @@
 What one step includes, as in training/train.py: uint8 faces picked from a device-resident tensor,
 augmentation on the device (mpafer.augment), the prompted image encoder and the soft-prompt text
 encoder under bf16 autocast (CUDA), the full loss (CE + L_t + L_v), backward into the prompts and
-an SGD step. Inference: resize + normalise (augment.to_model_input) and the forward pass with
+an SGD step. Inference: resize + normalise (transforms.to_model_input) and the forward pass with
 cached text features. Backbone weights are random (the cost does not depend on their values).
 
 FLOPs per image are counted with torch.utils.flop_counter.FlopCounterMode on one step (matrix
@@ -28,7 +28,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from mpafer.augment import AugmentConfig, apply_augment, sample_augment, to_model_input  # noqa: E402
+from mpafer.augment import AugmentConfig, apply_augment, sample_augment  # noqa: E402
+from mpafer.transforms import to_model_input  # noqa: E402
 from mpafer.backbone import BackboneConfig  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
 from mpafer.objective import mpafer_loss  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mpafer.augment import to_model_input  # noqa: E402
+from mpafer.transforms import to_model_input  # noqa: E402
 from mpafer.data import load_dataset  # noqa: E402
 from mpafer.input_protocol import to_grey  # noqa: E402
 from mpafer.predictor import resolve_model  # noqa: E402

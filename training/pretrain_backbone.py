@@ -42,13 +42,14 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from mpafer.augment import AugmentConfig, apply_augment, sample_augment, to_model_input  # noqa: E402
+from mpafer.augment import AugmentConfig, apply_augment, sample_augment  # noqa: E402
+from mpafer.transforms import to_model_input  # noqa: E402
 from mpafer.backbone import (HF_TEXT_PREFIX, BackboneConfig, build_from_config, save_model_folder,  # noqa: E402
                              tokenizer_for)
 from mpafer.cgla import cgla_scores  # noqa: E402
 from mpafer.data import load_dataset  # noqa: E402
 from mpafer.descriptions import load_bank  # noqa: E402
-from mpafer.prompts import encode_image  # noqa: E402
+from mpafer.prompts import class_means, visual_features  # noqa: E402
 from train import (atomic_folder, epoch_permutation, flatten_optimizer, lr_factor, restore_rng,  # noqa: E402
                    rng_state, seeded_generator, unflatten_optimizer)
 
@@ -187,7 +188,7 @@ def image_features(model, images: torch.Tensor, bf16: bool) -> tuple[torch.Tenso
     """Normalised global and patch features of the image tower (bf16 autocast when asked)."""
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16), \
             attention_backend(images.device.type):
-        features = encode_image(model.visual, images)
+        features = visual_features(model.visual, images)
     return F.normalize(features.pooled.float(), dim=-1), F.normalize(features.patches.float(), dim=-1)
 
 
@@ -215,12 +216,6 @@ def evaluate(model, images: torch.Tensor, labels: torch.Tensor, text: torch.Tens
     correct = predicted == labels
     recalls = [float(correct[labels == c].float().mean()) for c in range(num_classes) if (labels == c).any()]
     return float(correct.float().mean()), float(np.mean(recalls))
-
-
-def class_text(features: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Each class's prompt features averaged, normalised: the zero-shot classifier."""
-    one_hot = F.one_hot(owner, num_classes).to(features.dtype)
-    return F.normalize(one_hot.t() @ F.normalize(features, dim=-1), dim=-1)
 
 
 def save_state(out: Path, model, optimizer, scheduler, info: dict) -> None:
@@ -362,7 +357,7 @@ def main(argv=None) -> int:
             ce = F.cross_entropy(logits, targets[index])
             if args.class_mean_weight:
                 # the sampled texts keep descriptions aligned by content; the class means are what is evaluated
-                text_mean = class_text(proj(pooled_text[:num_bank]), owner[:num_bank], num_classes)
+                text_mean = class_means(proj(pooled_text[:num_bank]), owner[:num_bank], num_classes)
                 ce = ce + args.class_mean_weight * F.cross_entropy(
                     scaled_scores(model, features, text_mean, args.topk), targets[index])
             ortho = orthogonality(proj.weight)
@@ -384,7 +379,7 @@ def main(argv=None) -> int:
                                 img_s=f"{sums['seen'] / (time.perf_counter() - tick):.0f}")
         seconds = time.perf_counter() - tick
         with torch.no_grad():
-            text_eval = class_text(proj(pooled_text[:num_bank]), owner[:num_bank], num_classes)
+            text_eval = class_means(proj(pooled_text[:num_bank]), owner[:num_bank], num_classes)
         valid_acc, valid_mca = evaluate(model, valid_images, valid_labels, text_eval, size, mean, std, args.topk,
                                         bf16, num_classes)
         seen = sums["seen"]

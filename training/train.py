@@ -56,7 +56,8 @@ import yaml  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from mpafer.augment import AugmentConfig, apply_augment, sample_augment, to_model_input  # noqa: E402
+from mpafer.augment import AugmentConfig, apply_augment, sample_augment  # noqa: E402
+from mpafer.transforms import to_model_input  # noqa: E402
 from mpafer.backbone import BackboneError  # noqa: E402
 from mpafer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from mpafer.data import DatasetError, load_dataset  # noqa: E402
