@@ -128,6 +128,28 @@ def test_hard_prompts_fit_the_clip_context():
             assert len(tokenizer.encode(prompt.text)) + 2 <= 60, prompt.text
 
 
+def test_hard_prompts_and_class_free_descriptions_fit_the_default_backbones_context():
+    """The default backbone's MiniLM tower reads 48 word pieces (its config), not CLIP's 77: every text it
+    is given (each hard prompt, each description in the class-free template) must fit untruncated."""
+    import open_clip
+    from transformers import AutoTokenizer
+
+    from mpafer.backbone import BackboneConfig, build_from_config  # noqa: F401  (registers model configs)
+    from mpafer.description_bank import DESCRIPTION_TEMPLATE
+    from mpafer.text_tower import resolve_hf_name
+
+    text_cfg = open_clip.get_model_config("mpafer-face-minilm")["text_cfg"]
+    context = int(text_cfg["context_length"])
+    assert context == 48
+    tokenizer = AutoTokenizer.from_pretrained(resolve_hf_name(text_cfg["hf_tokenizer_name"]))
+    for name in OFFICIAL_ORDER:
+        for prompt in load_bank(name).prompts():
+            texts = [prompt.text] + ([DESCRIPTION_TEMPLATE.format(description=prompt.description)]
+                                     if prompt.description else [])
+            for text in texts:
+                assert len(tokenizer(text)["input_ids"]) <= context, f"{name}: {text!r}"
+
+
 # ---------------------------------------------------------------- prompts()
 
 

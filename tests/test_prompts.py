@@ -62,6 +62,26 @@ def test_deep_prompts_change_the_output_and_are_dropped_after_each_block(backbon
     assert prompts(1, 2, torch.float32) is None  # only the first K=1 blocks get prompts
 
 
+def test_each_block_sees_its_prompts_and_none_after_block_k(backbone):
+    """Inside visual_features: blocks before K get N extra tokens, later blocks only the image's own."""
+    visual = backbone.model.visual
+    blocks = visual.transformer.resblocks
+    assert len(blocks) >= 2, "the test needs a ViT with at least two blocks"
+    prompts = DeepVisualPrompts(num_tokens=3, depth=1, width=visual.transformer.width, patch_size=8)
+    seen: list[int] = []
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    hooks = [b.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1 if batch_first else 0]))
+             for b in blocks]
+    try:
+        with torch.no_grad():
+            visual_features(visual, torch.randn(2, 3, 32, 32), prompts)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    own = 1 + 16  # class token + the 4 x 4 patches
+    assert seen == [own + 3] + [own] * (len(blocks) - 1)
+
+
 def soft_token_outputs(text, learner):
     with torch.no_grad():
         _, per_token = text.encode_embeddings(learner(), learner.tokens, return_tokens=True)
