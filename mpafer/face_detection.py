@@ -31,21 +31,17 @@ found; ``found`` says how many there were), in reading order (``reading_order``)
 
 from __future__ import annotations
 
-import atexit
-import math
-import os
-import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from .face_geometry import KEYPOINT_NAMES, Box, Face
+from .face_layout import (FaceList, Window, box_iou, clip_face, cut_by_tile_edge, limit_faces, non_max_suppression,
+                          rescale_face, same_face, shift_face, tile_sides, tile_windows)
+from .mediapipe_runtime import OPEN_DETECTORS, close_all, filtered_stderr, load_blazeface, register_exit_hook
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 SHORT_RANGE_MODEL = MODELS_DIR / "face_detection_short_range.tflite"
@@ -58,23 +54,6 @@ PAD_VALUE = 128  # mid-grey: what padded crops and the padded retry are filled w
 PAD_RETRY_SIDE = 1024  # the padded retry works on a copy at most this big
 # LiteRT prints one such line per sparse tensor (46) each time the full-range model loads
 _LOAD_NOISE = b"Sparsity tensors may not yet be fully supported"
-
-Window = tuple[int, int, int, int]
-T = TypeVar("T")
-
-
-class FaceList(list):
-    """The faces kept, as a list, and ``found``: how many were found before the ``max_faces``
-    limit (``found > len(self)`` exactly when the limit dropped some; ``limited``)."""
-
-    def __init__(self, faces: Iterable = (), found: int | None = None):
-        super().__init__(faces)
-        self.found = len(self) if found is None else max(int(found), len(self))
-
-    @property
-    def limited(self) -> bool:
-        return self.found > len(self)
-
 
 class FaceDetector:
     """Reusable, lock-protected face detector (see the module docstring). Create once and
@@ -156,22 +135,22 @@ class FaceDetector:
         self.model_calls = 0  # model passes run so far (tiles, looks, retries): a cost that load does not blur
         self._lock = threading.Lock()
         floor = min(min_confidence, proposal_confidence)
-        self._models = {"short": _load(short_path, floor)}
+        self._models = {"short": load_blazeface(short_path, floor)}
         try:
             if full_range:
-                with _filtered_stderr(_LOAD_NOISE):
-                    self._models["full"] = _load(full_path, floor)
+                with filtered_stderr(_LOAD_NOISE):
+                    self._models["full"] = load_blazeface(full_path, floor)
         except BaseException:
-            _close_all(list(self._models.values()))
+            close_all(list(self._models.values()))
             raise
         # Closing runs MediaPipe's C calls on its worker thread pool. Its own __del__ runs too
         # late at interpreter exit (pool shut down, module globals gone) and prints a
         # traceback, so an unclosed detector is closed when garbage-collected (finalizer)
         # or at exit, before the pool shuts down (_close_open_detectors).
-        self._finalizer = weakref.finalize(self, _close_all, list(self._models.values()))
+        self._finalizer = weakref.finalize(self, close_all, list(self._models.values()))
         self._finalizer.atexit = False  # at plain atexit time the pool is already gone
-        _OPEN_DETECTORS.add(self)
-        _register_exit_hook()
+        OPEN_DETECTORS.add(self)
+        register_exit_hook()
 
     # ---- public -------------------------------------------------------------------------
     def detect(self, image: Image.Image) -> FaceList:
@@ -190,7 +169,7 @@ class FaceDetector:
             faces = self._find(pixels, tiles=True)
             if not faces and self.pad_retry:
                 faces, scale = self._find_padded(rgb, scale)
-        faces = [_rescale(face, 1.0 / scale, image.width, image.height) for face in faces]
+        faces = [rescale_face(face, 1.0 / scale, image.width, image.height) for face in faces]
         faces = [face for face in faces if face.width >= 1 and face.height >= 1]
         return limit_faces(faces, self.max_faces)
 
@@ -232,14 +211,14 @@ class FaceDetector:
         accepted: list[Face] = []
         rejected: list[Box] = []
         for candidate in sorted(candidates, key=lambda face: face.score, reverse=True):
-            if any(_same_face(candidate.box, face.box) for face in accepted):
+            if any(same_face(candidate.box, face.box) for face in accepted):
                 continue
             if any(box_iou(candidate.box, box)[0] >= 0.7 for box in rejected):
                 continue  # as good as looked at already
             face = self._look(pixels, candidate)
             if face is None or face.score < self.min_confidence:
                 rejected.append(candidate.box)
-            elif not any(_same_face(face.box, other.box) for other in accepted):
+            elif not any(same_face(face.box, other.box) for other in accepted):
                 accepted.append(face)
         return accepted
 
@@ -251,7 +230,7 @@ class FaceDetector:
         crop = _padded_crop(pixels, x0, y0, side)
         best = None
         for face in self._run("short", crop, (0, 0, side, side)):
-            face = _shift(face, x0, y0)
+            face = shift_face(face, x0, y0)
             if box_iou(face.box, candidate.box)[0] >= 0.3 and (best is None or face.score > best.score):
                 best = face
         return best
@@ -268,10 +247,10 @@ class FaceDetector:
         canvas[y0:y0 + height, x0:x0 + width] = np.asarray(small, dtype=np.uint8)
         faces = []
         for face in self._find(canvas, tiles=False):
-            face = _shift(face, -x0, -y0)
+            face = shift_face(face, -x0, -y0)
             cx, cy = face.center
             if 0 <= cx < width and 0 <= cy < height:  # the face is in the picture, not the margin
-                faces.append(_clip(face, width, height))
+                faces.append(clip_face(face, width, height))
         return faces, scale * shrink
 
     def _run(self, kind: str, pixels: np.ndarray, window: Window) -> list[Face]:
@@ -294,216 +273,6 @@ class FaceDetector:
             box = (float(bx0), float(by0), float(bx0 + bb.width), float(by0 + bb.height))
             faces.append(Face(box, score, keypoints))
         return faces
-
-
-def _load(path: Path, min_confidence: float):
-    # Imported here so the geometry and the helpers below work without loading MediaPipe.
-    from mediapipe.tasks.python import vision
-    from mediapipe.tasks.python.core.base_options import BaseOptions
-
-    options = vision.FaceDetectorOptions(
-        base_options=BaseOptions(model_asset_path=str(path)),
-        running_mode=vision.RunningMode.IMAGE,
-        min_detection_confidence=min_confidence,
-    )
-    return vision.FaceDetector.create_from_options(options)
-
-
-def _close_all(models: list) -> None:
-    for model in models:
-        model.close()
-
-
-@contextmanager
-def _filtered_stderr(noise: bytes):
-    """Hold back what native code writes to stderr meanwhile; pass on every line but ``noise``."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = b"".join(line for line in held.read().splitlines(keepends=True) if noise not in line)
-            if kept:
-                os.write(2, kept)
-
-
-_OPEN_DETECTORS: weakref.WeakSet[FaceDetector] = weakref.WeakSet()
-_exit_hook_registered = False
-
-
-def _close_open_detectors() -> None:
-    for detector in list(_OPEN_DETECTORS):
-        detector.close()
-
-
-def _register_exit_hook() -> None:
-    """Close leftover detectors at exit while MediaPipe's thread pool still works.
-
-    concurrent.futures shuts its pools down from ``threading._register_atexit`` hooks, which
-    run before ``atexit`` and in reverse order of registration. Registering there after
-    MediaPipe created its pool puts our hook first. Falls back to ``atexit`` on Pythons
-    without that hook (then an unclosed detector may still print MediaPipe's traceback).
-    """
-    global _exit_hook_registered
-    if _exit_hook_registered:
-        return
-    register = getattr(threading, "_register_atexit", atexit.register)
-    register(_close_open_detectors)
-    _exit_hook_registered = True
-
-
-# ---- tiles ------------------------------------------------------------------------------
-
-
-def tile_sides(width: int, height: int, smallest: int = 300, levels: int = 2) -> list[int]:
-    """Tile sides for a ``width`` x ``height`` picture: ``smallest``, doubling, ``levels`` of
-    them, each smaller than the picture's short side and at most 0.6 of its long side.
-
-    Measured with one face pasted at many sizes: a whole-picture pass of the full-range model
-    finds faces down to about 7 % of the long side, a 300 px tile down to about 20 px (36 px
-    on the harder group pictures). A tile over 0.6 of the long side finds little that the
-    whole picture does not, so a 480x360 webcam frame gets no tiles (faces from ~32 px).
-    A picture at least twice as long as it is high (or the other way) also gets squares of
-    its short side, sliding along it.
-    """
-    short, long = min(width, height), max(width, height)
-    sides = [smallest * 2**k for k in range(levels)]
-    if levels and long >= 2 * short:
-        sides.append(short)
-    return sorted({side for side in sides if smallest <= side <= short and side <= 0.6 * long
-                   and (side < short or long >= 2 * short)})
-
-
-def tile_windows(width: int, height: int, side: int, overlap: float = 0.5) -> list[Window]:
-    """Square ``side`` x ``side`` windows covering the picture, neighbours overlapping by at
-    least ``overlap`` of a side, so any face up to that share of a tile lies whole inside
-    some tile."""
-    side = int(min(side, width, height))
-    return [(x, y, x + side, y + side) for y in _positions(height, side, overlap)
-            for x in _positions(width, side, overlap)]
-
-
-def _positions(length: int, side: int, overlap: float) -> list[int]:
-    if side >= length:
-        return [0]
-    count = math.ceil((length - side) / (side * (1 - overlap))) + 1
-    return [round(i * (length - side) / (count - 1)) for i in range(count)]
-
-
-def cut_by_tile_edge(box: Box, window: Window, width: int, height: int) -> bool:
-    """Whether ``box`` touches an edge of ``window`` that lies inside the image.
-
-    Such a face is cut by the tile; the overlap guarantees another tile sees it whole, so
-    the partial detection is dropped. Edges that are image borders do not count.
-    """
-    x0, y0, x1, y1 = window
-    tolerance = 0.01 * max(x1 - x0, y1 - y0)
-    return (
-        (x0 > 0 and box[0] <= x0 + tolerance)
-        or (y0 > 0 and box[1] <= y0 + tolerance)
-        or (x1 < width and box[2] >= x1 - tolerance)
-        or (y1 < height and box[3] >= y1 - tolerance)
-    )
-
-
-# ---- boxes ------------------------------------------------------------------------------
-
-
-def box_iou(a: Box, b: Box) -> tuple[float, float]:
-    """Intersection over union, and intersection over the smaller box's area."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    union = area_a + area_b - inter
-    smaller = min(area_a, area_b)
-    return (inter / union if union > 0 else 0.0, inter / smaller if smaller > 0 else 0.0)
-
-
-def _same_face(a: Box, b: Box, iou: float = 0.3, containment: float = 0.6) -> bool:
-    overlap = box_iou(a, b)
-    return overlap[0] >= iou or overlap[1] >= containment
-
-
-def non_max_suppression(faces: list[Face], iou: float = 0.3, containment: float = 0.6) -> list[Face]:
-    """Best-first greedy NMS. Also drops a box mostly inside a better one (a face found
-    whole in one pass and in part in another)."""
-    kept: list[Face] = []
-    for face in sorted(faces, key=lambda f: f.score, reverse=True):
-        if not any(_same_face(face.box, other.box, iou, containment) for other in kept):
-            kept.append(face)
-    return kept
-
-
-def reading_order(faces: Sequence[T], overlap: float = 0.5) -> list[T]:
-    """``faces`` (anything with a ``box``) in reading order: rows top to bottom, each row
-    left to right.
-
-    Rows are grouped by vertical overlap, not by raw y: taking faces by the height of their
-    centre, a face joins the current row when its box overlaps the row's band (the mean top
-    and bottom of the row's faces) by at least ``overlap`` of the smaller of the two heights;
-    otherwise it starts the next row. So a face a little higher than its neighbours (a
-    tilted head, a taller child) is still read with its row.
-    """
-    rows: list[list[T]] = []
-    band = (0.0, 0.0)
-    for face in sorted(faces, key=lambda f: ((f.box[1] + f.box[3]) / 2, f.box[0])):
-        y0, y1 = face.box[1], face.box[3]
-        if rows:
-            shared = min(y1, band[1]) - max(y0, band[0])
-            if shared >= overlap * min(y1 - y0, band[1] - band[0]):
-                rows[-1].append(face)
-                n = len(rows[-1])
-                band = (band[0] + (y0 - band[0]) / n, band[1] + (y1 - band[1]) / n)
-                continue
-        rows.append([face])
-        band = (y0, y1)
-    return [face for row in rows for face in sorted(row, key=lambda f: (f.box[0], f.box[2]))]
-
-
-def largest(faces: Sequence[T], count: int) -> list[T]:
-    """The ``count`` largest of ``faces`` by box area (ties: the higher ``score`` first)."""
-    def area(face) -> float:
-        x0, y0, x1, y1 = face.box
-        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
-
-    return sorted(faces, key=lambda f: (area(f), getattr(f, "score", 0.0)), reverse=True)[: max(0, count)]
-
-
-def limit_faces(faces: Sequence[T], max_faces: int) -> FaceList:
-    """At most ``max_faces`` of ``faces`` (the largest), in reading order; ``found`` carries
-    over from ``faces`` when it is a ``FaceList`` (else it is ``len(faces)``)."""
-    found = getattr(faces, "found", len(faces))
-    kept = faces if len(faces) <= max_faces else largest(faces, max_faces)
-    return FaceList(reading_order(kept), found=found)
-
-
-def _shift(face: Face, dx: float, dy: float) -> Face:
-    x0, y0, x1, y1 = face.box
-    keypoints = {name: (x + dx, y + dy) for name, (x, y) in face.keypoints.items()}
-    return Face((x0 + dx, y0 + dy, x1 + dx, y1 + dy), face.score, keypoints)
-
-
-def _clip(face: Face, width: float, height: float) -> Face:
-    x0, y0, x1, y1 = face.box
-    box = (min(max(x0, 0.0), width), min(max(y0, 0.0), height),
-           min(max(x1, 0.0), width), min(max(y1, 0.0), height))
-    return Face(box, face.score, face.keypoints)
-
-
-def _rescale(face: Face, factor: float, width: int, height: int) -> Face:
-    x0, y0, x1, y1 = (v * factor for v in face.box)
-    keypoints = {name: (x * factor, y * factor) for name, (x, y) in face.keypoints.items()}
-    return _clip(Face((x0, y0, x1, y1), face.score, keypoints), width, height)
 
 
 def _resize(image: Image.Image, scale: float) -> Image.Image:

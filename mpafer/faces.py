@@ -1,8 +1,9 @@
 """Find faces, crop them square, and name their regions: one import for both halves.
 
 * ``mpafer.face_detection``: ``FaceDetector`` (MediaPipe BlazeFace, both bundled models,
-  tiles for group photos, a second look against false faces, a padded retry for close-ups),
-  ``FaceList`` (the faces kept and how many were found), ``reading_order``, ``limit_faces``.
+  tiles for group photos, a second look against false faces, a padded retry for close-ups).
+* ``mpafer.face_layout``: ``FaceList`` (the faces kept and how many were found), tiles, overlap,
+  ``reading_order``, ``limit_faces`` (no detector needed).
 * ``mpafer.face_geometry``: ``Face``, ``crop_face`` / ``CropInfo``, ``face_regions``,
   ``region_masks`` (loads no MediaPipe).
 """
@@ -15,6 +16,8 @@ from .face_detection import (
     FULL_RANGE_MODEL,
     SHORT_RANGE_MODEL,
     FaceDetector,
+)
+from .face_layout import (
     FaceList,
     box_iou,
     cut_by_tile_edge,
