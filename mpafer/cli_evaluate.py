@@ -14,20 +14,9 @@ import sys
 from pathlib import Path
 
 from . import defaults
+from .cli_types import whole_number
 
 NATIVE = "native"
-
-
-def _image_size(text: str):
-    if text == NATIVE:
-        return NATIVE
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels or '{NATIVE}', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average each face's prediction with its mirror image's "
                              "(default: as the checkpoint's input protocol says)")
     parser.add_argument("--confusion", metavar="PATH.png", help="also save the confusion matrix as a PNG")
-    parser.add_argument("--image-size", type=_image_size, default=None,
+    parser.add_argument("--image-size", type=whole_number(1, words=(NATIVE,)), default=None,
                         help="size faces are decoded at before the model resizes them: pixels or 'native' "
                              "(default: what the checkpoint was trained with, else the model's input size; "
                              "FERPlus: native 48)")

@@ -10,18 +10,9 @@ import argparse
 import json
 import sys
 
+from .cli_types import whole_number
 from .face_detection import DEFAULT_MAX_FACES
 from .images import ImageError
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--gradcam", action="store_true", help="also run Grad-CAM (one backward pass per image)")
     parser.add_argument("--heatmaps", action="store_true", help="with --json: include the maps on the patch grid")
-    parser.add_argument("--max-faces", type=_at_least_one, default=DEFAULT_MAX_FACES,
+    parser.add_argument("--max-faces", type=whole_number(1), default=DEFAULT_MAX_FACES,
                         help=f"most faces to analyse, the largest (default {DEFAULT_MAX_FACES})")
     parser.add_argument("--device", default="cpu")
     return parser
