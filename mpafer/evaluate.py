@@ -11,14 +11,15 @@ training script keeps. Images are resized and normalised on the model's device (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .transforms import to_model_input
 from .input_protocol import to_grey
+from .precision import autocast
+from .transforms import to_model_input
 
 
 def class_order(model_classes: Sequence[str], data_classes: Sequence[str]) -> list[int]:
@@ -30,46 +31,57 @@ def class_order(model_classes: Sequence[str], data_classes: Sequence[str]) -> li
     return [model_classes.index(c) for c in data_classes]
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA, as in training; CPU stays float32 so results are exact and reproducible
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+@torch.inference_mode()
+def batched_scores(score: Callable[[torch.Tensor], torch.Tensor], images, size: int, mean: Sequence[float],
+                   std: Sequence[float], device: torch.device | str, batch_size: int = 256, tta_flip: bool = False,
+                   grey: bool = False, precision: str = "auto", progress: bool = True,
+                   desc: str = "evaluate") -> torch.Tensor:
+    """(N, C) float32 scores on the CPU: ``score`` of each batch of uint8 images, resized and normalised.
+
+    With ``tta_flip`` each image's scores are averaged with its mirror image's; ``grey`` turns colour
+    faces grey first; ``precision`` as ``mpafer.precision.autocast``. Any model that maps a
+    (B, 3, size, size) batch to class scores fits: an MPAFER model's probabilities, or a bare
+    open_clip model's CGLA logits against fixed class texts (stage 0's validation).
+    """
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        batch = images[start:start + batch_size]
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(np.ascontiguousarray(batch))
+        if grey and batch.shape[-1] == 3:  # channels-last colour faces
+            batch = to_grey(batch)
+        x = to_model_input(batch, size, mean, std, device=device)
+        with autocast(device, precision):
+            scores = score(x)
+            if tta_flip:
+                scores = (scores + score(x.flip(-1))) / 2
+        chunks.append(scores.float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
 @torch.inference_mode()
 def predict_probabilities(model, images, batch_size: int = 256, tta_flip: bool | None = None,
-                          progress: bool = True, desc: str = "evaluate") -> torch.Tensor:
+                          progress: bool = True, desc: str = "evaluate", precision: str = "auto") -> torch.Tensor:
     """(N, C) class probabilities on the CPU, in the model's class order, for uint8 images.
 
     With ``tta_flip`` each image's probabilities are averaged with its mirror image's; None follows
-    the model's input protocol, which also says whether faces are turned grey first.
+    the model's input protocol, which also says whether faces are turned grey first. ``precision``
+    "auto": bf16 on CUDA, as in training; float32 on a CPU, so results are exact and reproducible.
     """
     protocol = model.config.input
     if tta_flip is None:
         tta_flip = protocol.tta_flip
-    device = model.device
-    size, mean, std = model.image_size, model.backbone_info.mean, model.backbone_info.std
+    if len(images) == 0:
+        return torch.zeros(0, model.num_classes)
     was_training = model.training
     model.eval()
-    chunks = []
     try:
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
-            batch = images[start:start + batch_size]
-            if isinstance(batch, np.ndarray):
-                batch = torch.from_numpy(np.ascontiguousarray(batch))
-            if protocol.grey and batch.shape[-1] == 3:  # channels-last colour faces
-                batch = to_grey(batch)
-            x = to_model_input(batch, size, mean, std, device=device)
-            with _autocast(device):
-                probs = model(x).probabilities
-                if tta_flip:
-                    probs = (probs + model(x.flip(-1)).probabilities) / 2
-            chunks.append(probs.float().cpu())
+        return batched_scores(lambda x: model(x).probabilities, images, model.image_size, model.backbone_info.mean,
+                              model.backbone_info.std, model.device, batch_size, tta_flip, protocol.grey,
+                              precision, progress, desc)
     finally:
         model.train(was_training)
-    if not chunks:
-        return torch.zeros(0, model.num_classes)
-    return torch.cat(chunks)
 
 
 def classification_metrics(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray,
@@ -112,7 +124,7 @@ def classification_metrics(labels: Sequence[int] | np.ndarray, predictions: Sequ
 
 
 def evaluate(model, dataset, batch_size: int = 256, device: str | torch.device | None = None,
-             tta_flip: bool | None = None, progress: bool = True) -> dict[str, Any]:
+             tta_flip: bool | None = None, progress: bool = True, precision: str = "auto") -> dict[str, Any]:
     """Metrics of ``model`` on ``dataset`` (see classification_metrics), in the dataset's class order.
 
     ``device`` moves the model there first (default: where it already is).
@@ -120,7 +132,7 @@ def evaluate(model, dataset, batch_size: int = 256, device: str | torch.device |
     if device is not None and torch.device(device) != model.device:
         model.to(device)
     order = class_order(model.classes, dataset.classes)
-    probs = predict_probabilities(model, dataset.images, batch_size, tta_flip, progress)
+    probs = predict_probabilities(model, dataset.images, batch_size, tta_flip, progress, precision=precision)
     predictions = probs[:, order].argmax(dim=1).numpy()
     labels = dataset.labels.cpu().numpy() if torch.is_tensor(dataset.labels) else np.asarray(dataset.labels)
     metrics = classification_metrics(labels, predictions, dataset.classes)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from mpafer.model import MPAFERConfig, create_model
 from fakes import make_ferplus_pack
-from test_train import (TINY_CONFIG, TRAIN_SCRIPT, learnable, read_metrics, subprocess_env,
+from test_train import (HOOKS, TINY_CONFIG, TRAIN_SCRIPT, learnable, read_metrics, subprocess_env,
                         train_args, train_script)
 
 
@@ -26,8 +26,9 @@ def test_two_gloo_ranks_agree_with_each_other_and_with_one_process(tmp_path, mon
     dumps = tmp_path / "weights"
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(TRAIN_SCRIPT), *train_args(data, out, "--epochs", "1", "--batch-size", "4")]
-    run = subprocess.run(command, env=subprocess_env(cache, **{train_script.DUMP_ENV: str(dumps)}),
+               str(HOOKS), "--dump-weights", str(dumps), str(TRAIN_SCRIPT),
+               *train_args(data, out, "--epochs", "1", "--batch-size", "4")]
+    run = subprocess.run(command, env=subprocess_env(cache),
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "on 2 x cpu" in run.stdout

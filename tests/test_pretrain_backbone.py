@@ -1,8 +1,7 @@
-"""Stage 0 on the frozen MiniLM text tower: resumes exactly after a crash, keeps the text projection a
-rotation, and writes a loadable backbone folder without the text tower's own weights."""
-import importlib.util
+"""Stage 0 on the frozen MiniLM text tower: resumes exactly after a crash mid-epoch, keeps the text
+projection a rotation, and writes a loadable backbone folder without the text tower's own weights."""
+import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,20 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from fakes import make_ferplus_pack
+from training_hooks import CrashAfterSteps, Killed, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Killed(Exception):
-    """Stands for a kill -9 between two epochs."""
-
-
 def load_stage0():
-    spec = importlib.util.spec_from_file_location("mpafer_stage0_under_test", REPO / "training" / "pretrain_backbone.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "training" / "pretrain_backbone.py", "mpafer_stage0_under_test")
 
 
 @pytest.fixture(scope="module")
@@ -32,47 +24,42 @@ def pack(tmp_path_factory):
     return make_ferplus_pack(root / "ferplus", {"train": 4, "valid": 2, "test": 2}), root
 
 
-def run(stage0, data, out, cache, extra=()):
+def run(stage0, data, out, cache, extra=(), callbacks=()):
     return stage0.main(["--data", str(data), "--out", str(out), "--model", "mpafer-face-minilm-tiny",
                         "--epochs", "3", "--batch-size", "16", "--device", "cpu", "--cache-dir", str(cache),
-                        "--no-progress", *extra])
+                        "--no-progress", *extra], callbacks=callbacks)
 
 
-def test_a_crashed_run_continues_to_the_same_weights(pack, tmp_path, monkeypatch):
+def test_a_crashed_run_continues_to_the_same_weights(pack, tmp_path):
     data, root = pack
     stage0 = load_stage0()
-    assert run(stage0, data, tmp_path / "straight", root / "cache") == 0
+    assert run(stage0, data, tmp_path / "straight", root / "cache") == 0  # 32 images: 2 steps per epoch
 
-    crashing = load_stage0()
-    real_save = crashing.save_state
-    saved = []
-
-    def save_then_die(out, *args, **kwargs):  # like kill -9 right after epoch 1's state is on disk
-        real_save(out, *args, **kwargs)
-        saved.append(1)
-        if len(saved) == 1:
-            raise Killed
-
-    monkeypatch.setattr(crashing, "save_state", save_then_die)
-    with pytest.raises(Killed):
-        run(crashing, data, tmp_path / "resumed", root / "cache")
-    assert json.loads((tmp_path / "resumed" / "last" / "stage0_state.json").read_text())["epoch"] == 1
+    with pytest.raises(Killed):  # like kill -9 in epoch 2, after its first step: last/ holds epoch 1
+        run(stage0, data, tmp_path / "resumed", root / "cache", callbacks=[CrashAfterSteps(3, hard=False)])
+    assert json.loads((tmp_path / "resumed" / "last" / "train_state.json").read_text())["epoch"] == 1
     assert run(load_stage0(), data, tmp_path / "resumed", root / "cache") == 0
 
     a = load_file(str(tmp_path / "straight" / "last" / "stage0_weights.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "last" / "stage0_weights.safetensors"))
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.startswith("buffer.") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    rows = json.loads((tmp_path / "resumed" / "pretrain_summary.json").read_text())["history"]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    summary = json.loads((tmp_path / "resumed" / "pretrain_summary.json").read_text())
+    assert [r["epoch"] for r in summary["history"]] == [1, 2, 3]
+    straight = json.loads((tmp_path / "straight" / "pretrain_summary.json").read_text())
+    assert summary["best"] == straight["best"]
+    with open(tmp_path / "resumed" / "pretrain_metrics.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    assert list((tmp_path / "resumed" / "tb").glob("events.out.tfevents.*"))
 
 
-def test_other_settings_in_the_same_folder_are_refused(pack, tmp_path):
+def test_other_settings_in_the_same_folder_are_refused(pack, tmp_path, capsys):
     data, root = pack
     assert run(load_stage0(), data, tmp_path / "run", root / "cache") == 0
-    with pytest.raises(SystemExit, match="other settings"):
-        run(load_stage0(), data, tmp_path / "run", root / "cache", ("--lr", "0.01"))
+    assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--lr", "0.01")) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "lr: 0.002 -> 0.01" in err
 
 
 def test_the_folder_holds_no_text_tower_weights_and_loads(pack, tmp_path):

@@ -7,7 +7,6 @@ imports are already paid for); the crash needs its own process.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,18 +24,14 @@ from mpafer.transforms import as_nchw, to_model_input
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "training" / "train.py"
 TINY_CONFIG = REPO / "training" / "configs" / "tiny_cpu.yaml"
+HOOKS = Path(__file__).resolve().parent / "training_hooks.py"  # runs a script with test-only callbacks
 from fakes import make_ferplus_pack  # noqa: E402
+from training_hooks import load_script  # noqa: E402  (also puts the repo root on sys.path)
 
+from training.engine.schedule import lr_factor  # noqa: E402
+from training.engine.state import flatten_optimizer, unflatten_optimizer  # noqa: E402
 
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("mpafer_training_train", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = load_train_module()
+train_script = load_script(TRAIN_SCRIPT, "mpafer_training_train")
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -45,8 +40,7 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def subprocess_env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != train_script.CRASH_ENV}
-    return {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPAFER_CACHE": str(cache), **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPAFER_CACHE": str(cache), **extra}
 
 
 def learnable(folder: Path) -> dict[str, torch.Tensor]:
@@ -172,8 +166,8 @@ def test_run_writes_metrics_checkpoints_and_test_results(finished_run, workspace
 
 def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(finished_run, workspace, monkeypatch):
     out = workspace["root"] / "killed"
-    crashed = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *train_args(workspace["data"], out)],
-                             env=subprocess_env(workspace["cache"], **{train_script.CRASH_ENV: "9"}),
+    crashed = subprocess.run([sys.executable, str(HOOKS), "--crash-after-steps", "9", str(TRAIN_SCRIPT),
+                              *train_args(workspace["data"], out)], env=subprocess_env(workspace["cache"]),
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == 137, crashed.stderr[-2000:]
     assert json.loads((out / "last" / "train_state.json").read_text())["epoch"] == 1  # died in epoch 2
@@ -238,15 +232,26 @@ def test_paper_config_fails_fast_offline_without_clip_weights(workspace, tmp_pat
     assert "ViT-B-16" in err and "openai" in err and "offline" in err.lower()
 
 
-def test_every_shipped_config_parses(workspace):
+def test_every_shipped_config_parses_and_its_bank_fits_its_dataset(workspace):
+    from mpafer import data
+    from mpafer.descriptions import load_bank
+
+    dataset_classes = {"ferplus": data.FERPLUS_CLASSES, "ferplus-folder": data.FERPLUS_CLASSES,
+                       "rafdb": data.RAFDB_CLASSES, "affectnet7": data.AFFECTNET7_CLASSES,
+                       "affectnet8": data.AFFECTNET8_CLASSES}
     for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
         args = train_script.build_parser().parse_args(["--config", str(path), "--data", str(workspace["data"])])
         config = train_script.build_config(args)
         assert config["train"]["epochs"] >= 1, path
+        classes = dataset_classes[config["data"]["dataset"]]
+        bank = load_bank(config["model"]["bank"])
+        assert sorted(bank.classes) == sorted(classes), path  # the model's outputs are the data's classes
+        if config["model"]["classes"] is not None:
+            assert list(config["model"]["classes"]) == list(classes), path
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
-    factor = train_script.lr_factor
+    factor = lr_factor
     assert factor(0, 100, 10, 0.01, 0.0) == pytest.approx(0.01)
     assert factor(10, 100, 10, 0.01, 0.0) == pytest.approx(1.0)
     assert factor(55, 100, 10, 0.01, 0.0) == pytest.approx(0.5)
@@ -259,12 +264,29 @@ def test_optimizer_state_round_trips_through_safetensors_and_json():
         optimizer = make()
         sum(p.sum() for p in params).backward()
         optimizer.step()
-        tensors, meta = train_script.flatten_optimizer(optimizer.state_dict())
+        tensors, meta = flatten_optimizer(optimizer.state_dict())
         meta = json.loads(json.dumps(meta))
         fresh = make()
-        fresh.load_state_dict(train_script.unflatten_optimizer(tensors, meta))
+        fresh.load_state_dict(unflatten_optimizer(tensors, meta))
         original, restored = optimizer.state_dict(), fresh.state_dict()
         assert json.dumps(original["param_groups"]) == json.dumps(restored["param_groups"])
         for pid, values in original["state"].items():
             for key, value in values.items():
                 assert torch.equal(restored["state"][pid][key], value)
+
+
+def test_the_library_never_imports_training_or_demo():
+    import ast
+
+    for path in sorted((REPO / "mpafer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                assert name.split(".")[0] not in ("training", "demo", "tests"), f"{path}: imports {name}"
+
+
+def test_no_module_of_the_training_engine_is_long():
+    for path in [*(REPO / "training" / "engine").glob("*.py"), *(REPO / "training" / "stages").glob("*.py"),
+                 REPO / "training" / "train.py", REPO / "training" / "pretrain_backbone.py"]:
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 350, path

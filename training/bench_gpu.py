@@ -33,15 +33,12 @@ from mpafer.transforms import to_model_input  # noqa: E402
 from mpafer.backbone import BackboneConfig  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
 from mpafer.objective import mpafer_loss  # noqa: E402
+from mpafer.precision import autocast  # noqa: E402  (auto: bf16 on CUDA, float32 on a CPU)
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def fused_attention_flops(query, key, value, embed_dim, num_heads, *args, out_shape=None, **kwargs) -> int:

@@ -1,0 +1,1 @@
+"""Training scripts and the engine they share (``training.engine``); never imported by the ``mpafer`` library."""
