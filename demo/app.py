@@ -3,16 +3,23 @@
     python demo/app.py [--host 127.0.0.1] [--port 7860] [--share] [--checkpoint PATH]
 
 Runs offline with the bundled default model (or, while none is bundled, an untrained
-random-weight model behind a visible warning). All logic lives in ``demo/handlers.py``.
+random-weight model behind a visible warning). This file only lays out the page and wires it;
+the handlers are plain functions in ``demo/handlers.py`` (the Photo tab), ``demo/probe_view.py``
+and ``demo/live_view.py``, each rendering the library's ``FaceExplanation`` of a face.
+
+Hugging Face Spaces and ``gradio demo/app.py`` (hot reload) look for a module-level ``demo``:
+it is built on first access (``$MPAFER_CHECKPOINT`` or the bundled model), so importing this
+module for its helpers (the tests do) loads no model. ``python demo/app.py`` builds it from
+the command line and launches it.
 
 Privacy: nothing outlives the request on purpose.
 * Images are decoded in memory (``mpafer.images.load_image``); results are kept per browser
   tab in ``gr.State`` (server memory, dropped after ``STATE_TTL_S``).
 * Gradio writes each upload (as sent: EXIF and GPS included) to disk before a handler runs.
-  Uploads go to a private ``GRADIO_TEMP_DIR`` made for this process (``private_temp_dir``),
+  Uploads go to a private ``GRADIO_TEMP_DIR`` made for this process (``demo.serving.private_temp_dir``),
   each in a folder of its own with an unguessable name (``private_uploads``), and the
   analysis deletes the file as soon as it is decoded, readable or not
-  (``handlers.discard_upload``; the bundled examples stay). Live webcam frames arrive as
+  (``demo.uploads.discard_upload``; the bundled examples stay). Live webcam frames arrive as
   in-memory data URLs and are never written.
 * The images sent back (boxes, heatmaps) are drawn from the decoded pixels, so they carry
   no metadata: EXIF (camera, GPS) of an upload is never written anywhere. Gradio serves
@@ -26,14 +33,9 @@ Privacy: nothing outlives the request on purpose.
 from __future__ import annotations
 
 import argparse
-import atexit
-import errno
 import os
-import secrets
 import signal
-import socket
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,9 @@ if str(ROOT) not in sys.path:  # `python demo/app.py` from a checkout: find mpaf
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from demo.serving import (CONCURRENCY, atomic_image_cache, port_problem, private_temp_dir,  # noqa: E402
+                          private_uploads, torch_threads)
+
 EXAMPLES = [ROOT / "assets" / "examples" / name for name in ("astronaut.jpg", "group.jpg")]
 CACHE_EVERY_S, CACHE_AGE_S = 60, 300  # delete_cache: every minute, files older than 5 minutes
 STATE_TTL_S = 900  # a tab's last analysis is dropped after 15 minutes
@@ -51,7 +56,6 @@ MAX_FILE_SIZE = "50mb"
 # Images sent back are JPEG: encoding an 800x800 result takes 2 ms against 59 ms for
 # Gradio's default WebP, which matters for the live stream and under load.
 SERVED_FORMAT = "jpeg"
-CONCURRENCY = 2  # requests served at once; each gets cores // CONCURRENCY torch threads
 # for every launch (the script, the load test, the tests): no run history kept in the browser
 # or sent to a bucket, a bounded upload size, a bounded number of tabs' states in memory
 LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_SIZE, "state_session_capacity": 100, "footer_links": ["api"],
@@ -96,117 +100,13 @@ HEAT_CLASS_INFO = "starts at the expression the model sees; pick another to comp
 CONTRAST_CLASS_INFO = "why the expression picked above rather than this one; starts at the runner-up"
 
 
-def private_temp_dir() -> Path:
-    """Point Gradio at a fresh temp folder of this process's own, removed at exit.
-
-    Call before the Blocks are built (Gradio reads ``GRADIO_TEMP_DIR`` then). An existing
-    ``GRADIO_TEMP_DIR`` is used as the parent, so hosts that redirect temp files still can.
-    """
-    folder = tempfile.TemporaryDirectory(prefix="mpafer-gradio-", dir=os.environ.get("GRADIO_TEMP_DIR"))
-    atexit.register(folder.cleanup)
-    os.environ["GRADIO_TEMP_DIR"] = folder.name
-    return Path(folder.name)
-
-
-def private_uploads() -> None:
-    """Give every upload a folder of its own, with an unguessable name. Idempotent.
-
-    Gradio 6.31 names an upload's folder after the hash of its bytes, so two people who upload
-    the same photo share one file, and deleting it after one analysis (``handlers.discard_upload``)
-    could pull it from under the other's. Mixing random bytes into that hash keeps the folders
-    apart (and makes a folder's name say nothing about what is in it).
-    """
-    from gradio import route_utils
-
-    upload_file = route_utils.GradioUploadFile
-    if getattr(upload_file, "_mpafer_private", False):
-        return
-    original = upload_file.__init__
-
-    def __init__(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.sha.update(secrets.token_bytes(16))
-
-    upload_file.__init__ = __init__
-    upload_file._mpafer_private = True
-
-
-def port_problem(host: str, port: int) -> str | None:
-    """Why the app could not listen on ``host``:``port``, in one line that names ``--port``, or None.
-
-    Checked before the model loads, so a port already in use (another copy of the demo) is
-    said at once; the server binds the same way (address reuse on, as uvicorn does)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                            flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, OverflowError, UnicodeError) as err:
-        return f"cannot listen on --host {host!r} --port {port}: {getattr(err, 'strerror', None) or err}"
-    with socket.socket(family, kind, proto) as sock:
-        if os.name != "nt":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                return (f"port {port} is already in use on {host} (is the demo already running?); "
-                        f"choose another with --port, e.g. --port {port + 1 if port < 65535 else 7860}")
-            if err.errno in (errno.EACCES, errno.EPERM):
-                return f"port {port} needs administrator rights on this machine; choose another with --port, e.g. --port 7860"
-            return f"cannot listen on {host}:{port} ({err.strerror or err}); choose another with --port or --host"
-    return None
-
-
-def torch_threads(concurrency: int = CONCURRENCY) -> int:
-    """Intra-op threads per request so that concurrent requests share the cores, not fight.
-
-    Measured on a 2-core box shared with another busy process: a 112 px forward pass took
-    27 ms with 1 thread and 1.2 s with 2 (spinning OpenMP threads starved of a core).
-    """
-    return max(1, (os.cpu_count() or 1) // concurrency)
-
-
-def atomic_image_cache() -> None:
-    """Make Gradio write the images it serves atomically (write aside, then rename).
-
-    Gradio 6.31 names a served image after the hash of its bytes and rewrites that file in
-    place on every request (``processing_utils.save_pil_to_cache``), so two users who get
-    the same picture (an example, or one face shown twice) race: one response's file is
-    truncated while the other is being sent, and the download fails with "Too little data
-    for declared Content-Length" (seen with 8 concurrent clients in demo/load_test.py).
-    Gradio's own ``save_file_to_cache`` already uses the rename pattern; this applies it to
-    images too. Idempotent.
-    """
-    from gradio import processing_utils
-
-    if getattr(processing_utils.save_pil_to_cache, "_mpafer_atomic", False):
-        return
-
-    def save_pil_to_cache(img, cache_dir, name="image", format="webp"):
-        data = processing_utils.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
-        folder.mkdir(exist_ok=True, parents=True)
-        target = (folder / f"{name}.{format}").resolve()
-        handle, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(staging, target)  # readers of the old copy keep a complete file
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
-        return str(target)
-
-    save_pil_to_cache._mpafer_atomic = True
-    processing_utils.save_pil_to_cache = save_pil_to_cache
-
-
 def build_app(predictor):
-    """The whole UI as one ``gr.Blocks``, wired to ``demo.handlers`` with ``predictor``."""
+    """The whole UI as one ``gr.Blocks``, wired to the handlers with ``predictor``."""
     import gradio as gr
 
     from gradio.utils import get_upload_folder
 
-    from demo import handlers
+    from demo import face_panel, handlers, live_view, probe_view, wording
     from mpafer.tracking import FaceTracker
 
     atomic_image_cache()
@@ -231,12 +131,12 @@ def build_app(predictor):
         return (*view, *probe_outputs)
 
     def probe(session, index, text):
-        return handlers.probe(predictor, session, index, text)
+        return probe_view.probe(predictor, session, index, text)
 
     def live(frame, tracker):
         # one FaceTracker per tab's stream (kept in gr.State): labels smoothed over ~0.5 s per face
         tracker = tracker if isinstance(tracker, FaceTracker) else FaceTracker()
-        return handlers.live(predictor, frame, tracker), tracker
+        return live_view.live(predictor, frame, tracker), tracker  # looked up per call (tests wrap it)
 
     with gr.Blocks(title="MPA-FER: facial expressions, explained",
                    delete_cache=(CACHE_EVERY_S, CACHE_AGE_S)) as demo:
@@ -281,17 +181,17 @@ def build_app(predictor):
                     contrast_legend = gr.Markdown(elem_id="contrast-legend")
                 with gr.Column(scale=2):
                     occlusion_summary = gr.Markdown(elem_id="occlusion-summary")
-                    occlusion = gr.Dataframe(headers=handlers.OCCLUSION_HEADERS, label="Blurring check: each part "
+                    occlusion = gr.Dataframe(headers=wording.OCCLUSION_HEADERS, label="Blurring check: each part "
                                              "of the face blurred out in turn", interactive=False, wrap=True,
                                              elem_id="occlusion")
             gradcam_image = gr.Image(label="Grad-CAM", interactive=False,
                                      visible=False, elem_id="gradcam", format=SERVED_FORMAT)
-            regions = gr.Dataframe(headers=handlers.REGION_HEADERS,
-                                   label=f"Best-matching descriptions (top {handlers.SHORT_TABLE_ROWS} per region)",
+            regions = gr.Dataframe(headers=face_panel.REGION_HEADERS,
+                                   label=f"Best-matching descriptions (top {face_panel.SHORT_TABLE_ROWS} per region)",
                                    interactive=False, wrap=True, elem_id="regions")
             score_key = gr.Markdown(elem_id="score-key")
             with gr.Accordion("More descriptions", open=False, elem_id="more-descriptions"):
-                more_regions = gr.Dataframe(headers=handlers.REGION_HEADERS, interactive=False, wrap=True,
+                more_regions = gr.Dataframe(headers=face_panel.REGION_HEADERS, interactive=False, wrap=True,
                                             show_label=False, elem_id="more-regions")
             gr.Markdown("### Probe the face with your own words")
             with gr.Row(equal_height=True):
@@ -305,7 +205,7 @@ def build_app(predictor):
                 with gr.Column():
                     # a Textbox, not Markdown: the user's own words are shown as plain text, never rendered
                     probe_message = gr.Textbox(label="Result", interactive=False, lines=4, elem_id="probe-message")
-                    probe_chart = gr.BarPlot(x=handlers.PROBE_CHART_X, y=handlers.PROBE_CHART_Y, sort="-y",
+                    probe_chart = gr.BarPlot(x=probe_view.PROBE_CHART_X, y=probe_view.PROBE_CHART_Y, sort="-y",
                                              label="How close your words are to each expression's text",
                                              y_title="closer than the average expression (cosine)",
                                              elem_id="probe-chart")
@@ -322,24 +222,24 @@ def build_app(predictor):
             live_tracker = gr.State(None, time_to_live=STATE_TTL_S)
         gr.Markdown(PRIVACY)
 
-        # in the order of handlers.FaceView and handlers.ProbeOutputs
-        face_panel = [probabilities, heatmap, class_heatmap, gradcam_image, regions, more_regions, heat_legend,
+        # in the order of demo.outputs.FaceView and ProbeOutputs
+        face_outputs = [probabilities, heatmap, class_heatmap, gradcam_image, regions, more_regions, heat_legend,
                       score_key, heat_class, contrast_image, contrast_legend, contrast_class, occlusion,
                       occlusion_summary]
-        contrast_panel = [contrast_image, contrast_legend, contrast_class]  # handlers.ContrastOutputs
+        contrast_panel = [contrast_image, contrast_legend, contrast_class]  # demo.outputs.ContrastOutputs
         probe_panel = [probe_image, probe_message, probe_chart]
         # preprocess=False: the handler gets the upload's path and reads it itself, so a non-image
-        # gets a friendly message and a huge JPEG is decoded at reduced size (see handlers.py).
+        # gets a friendly message and a huge JPEG is decoded at reduced size, once (see handlers.py).
         # A new photo resets the class picker to the predicted class and clears the last probe.
         image_in.change(analyze, [image_in, gradcam],
-                        [annotated, message, face_selector, *face_panel, *probe_panel, session], api_name="analyze",
+                        [annotated, message, face_selector, *face_outputs, *probe_panel, session], api_name="analyze",
                         preprocess=False)
         # .input: only what the user changes (analyze sets the face selector itself). Another face
         # resets both class pickers and clears the probe; another class or Grad-CAM keeps both.
-        face_selector.input(change_face, [session, face_selector, gradcam], [*face_panel, *probe_panel],
+        face_selector.input(change_face, [session, face_selector, gradcam], [*face_outputs, *probe_panel],
                             api_name=False, show_progress="hidden")
         for control in (heat_class, gradcam):
-            control.input(select_face, [session, face_selector, heat_class, gradcam, contrast_class], face_panel,
+            control.input(select_face, [session, face_selector, heat_class, gradcam, contrast_class], face_outputs,
                           api_name=False, show_progress="hidden")
         # another B redraws the contrast view alone
         contrast_class.input(contrast, [session, face_selector, heat_class, contrast_class], contrast_panel,
@@ -370,8 +270,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=_port, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="default 7860, or $GRADIO_SERVER_PORT")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder (default: the bundled model; 'untrained' for random weights)")
+    parser.add_argument("--checkpoint", default=os.environ.get("MPAFER_CHECKPOINT") or None,
+                        help="checkpoint folder (default: $MPAFER_CHECKPOINT, else the bundled model; "
+                             "'untrained' for random weights)")
     return parser.parse_args(argv)
 
 
@@ -379,24 +280,44 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # Gradio's launch() then shuts down and atexit cleanups run
 
 
+def load_predictor(checkpoint: str | None):
+    """The predictor the app serves (``Predictor``'s errors pass through), with this process's
+    private temp folder made first (Gradio reads ``GRADIO_TEMP_DIR`` when the Blocks are built)
+    and torch's threads shared between concurrent requests."""
+    private_temp_dir()
+    import torch
+
+    torch.set_num_threads(torch_threads())
+    from mpafer.predictor import Predictor
+
+    return Predictor(checkpoint)
+
+
+def __getattr__(name: str):
+    """``demo``, built on first access (PEP 562) with the flags' defaults, from the environment
+    (``$MPAFER_CHECKPOINT``, ``$GRADIO_SERVER_NAME`` ...): what Spaces and ``gradio demo/app.py``
+    read. Importing the module stays cheap: no model loads until then."""
+    global demo
+    if name != "demo":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    demo = build_app(load_predictor(parse_args([]).checkpoint))
+    return demo
+
+
 def main(argv=None) -> int:
+    global demo  # the launched app is the module's ``demo``, as Gradio's reloader expects
     args = parse_args(argv)
     problem = port_problem(args.host, args.port)  # before the model loads: said at once
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    private_temp_dir()
-    import torch
-
-    torch.set_num_threads(torch_threads())
     # hosts stop containers with SIGTERM, which would skip atexit and leave the temp folder
     signal.signal(signal.SIGTERM, _interrupt)
     from mpafer.backbone import BackboneError
     from mpafer.checkpoint import CheckpointError
-    from mpafer.predictor import Predictor
 
     try:
-        predictor = Predictor(args.checkpoint)
+        predictor = load_predictor(args.checkpoint)
     except (CheckpointError, BackboneError) as err:
         print(f"error: cannot load the model: {err}", file=sys.stderr)
         return 2

@@ -2,8 +2,8 @@
 
     python demo/bench_latency.py [--runs 30] [--checkpoint PATH | --architecture NAME] [--threads N]
 
-Times ``handlers.analyze`` (photo tab: detection, one forward pass, all class heatmaps,
-region descriptions, drawing) and ``handlers.live`` (webcam fast path), in process, with
+Times ``handlers.analyze`` (photo tab: detection, one forward pass, region descriptions,
+the first face's panel with its occlusion check, drawing) and ``live_view.live`` (webcam fast path), in process, with
 whatever model ``mpafer.defaults.default_checkpoint()`` gives unless ``--checkpoint`` says
 otherwise; ``--architecture mpafer-face-vit`` times a random-weight model of the default
 model's size instead (for before that model is bundled). The frame is the astronaut example
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from demo import handlers
+    from demo import handlers, live_view
     from demo.app import torch_threads
     from mpafer.defaults import default_checkpoint
     from mpafer.predictor import Predictor
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     print(f"model input {predictor.model.image_size} px, grid {predictor.model.grid}, "
           f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, frame 640x480, {args.runs} runs")
     for name, fn in (("analyze (photo, full explanation)", lambda: handlers.analyze(predictor, frame)),
-                     ("live (webcam fast path)", lambda: handlers.live(predictor, frame)),
+                     ("live (webcam fast path)", lambda: live_view.live(predictor, frame)),
                      ("predict only, explain=False", lambda: predictor.predict(frame, explain=False))):
         times = [t * 1000 for t in measure(fn, args.runs)]
         print(f"{name:<36} median {statistics.median(times):7.1f} ms   p90 {percentile(times, 90):7.1f} ms   "

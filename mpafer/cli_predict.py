@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load the model: {err}".splitlines()[0], file=sys.stderr)
         return 2
     with predictor:
-        faces = predictor.predict(image, explain=True, gradcam=args.gradcam)
+        faces = predictor.predict_picture(image, explain=True, gradcam=args.gradcam)  # decoded above
         if args.json:
             print(json.dumps({
                 "image": args.image,

@@ -7,8 +7,6 @@ in ``DESCRIPTION_TEMPLATE``, by the same frozen text encoder.
 """
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,21 +44,9 @@ class DescriptionBank:
         return np.array([item.class_index for item in self.items], dtype=np.int64)
 
 
-_BANKS: "weakref.WeakKeyDictionary[MPAFER, DescriptionBank]" = weakref.WeakKeyDictionary()
-_BANKS_LOCK = threading.Lock()
-
-
 def description_bank(model: MPAFER) -> DescriptionBank:
-    """One class-free feature per description of the model's hard-prompt bank, cached per model."""
-    with _BANKS_LOCK:
-        bank = _BANKS.get(model)
-        if bank is None:
-            bank = _build_bank(model)
-            _BANKS[model] = bank
-        return bank
-
-
-def _build_bank(model: MPAFER) -> DescriptionBank:
+    """One class-free feature per description of the model's hard-prompt bank, encoded afresh:
+    keep it where its lifetime is clear (``Explainer`` holds one for its predictor)."""
     seen: dict[tuple[int, str, str], None] = {}
     for prompt in model.hard_prompts:
         if prompt.granularity == "detailed" and prompt.description and prompt.region:

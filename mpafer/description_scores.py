@@ -65,12 +65,13 @@ class DescriptionScorer:
     ``raw`` and ``calibrated`` is False, so callers can say the scores are uncalibrated."""
 
     def __init__(self, model: MPAFER, calibration: DescriptionCalibration | None = None,
-                 method: str | None = None):
+                 method: str | None = None, bank: DescriptionBank | None = None):
         method = method or (calibration.method if calibration is not None else DEFAULT_METHOD)
         if method not in METHODS:
             raise ValueError(f"unknown description scoring {method!r} (expected one of {METHODS})")
         self.model = model
-        self.bank: DescriptionBank = description_bank(model)
+        # ``bank``: share one encoding between scorers of the same model (else encoded here)
+        self.bank: DescriptionBank = bank if bank is not None else description_bank(model)
         self.requested = method
         stats = calibration.aligned(self.bank) if calibration is not None else None
         self._mean = self._std = None

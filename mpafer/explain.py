@@ -13,7 +13,8 @@ at the cost of one matrix product, not another pass:
   descriptions (``probe_prompt``), against the patches and against the class features.
 
 Grad-CAM (``mpafer.grad_cam``) and the occlusion check (``mpafer.occlusion``) are
-independent views that need more passes; they run only when asked.
+independent views that need more passes; they run only when asked. ``Predictor`` gathers all
+of one face's views in one ``mpafer.explanation.FaceExplanation``.
 """
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ class ProbeResult:
     peak_activation: float
     class_similarity: dict[str, float]  # cosine of the text feature to each class text feature
     prompt: str = ""  # what was encoded: ``text`` in the face template (``probe_prompt``)
+    # share of the model's written descriptions whose mean cosine over the same face is lower
+    # than the probe's (None without descriptions), and how many there are
+    share: float | None = None
+    described: int = 0
 
     @property
     def closest_class(self) -> str:
@@ -75,7 +80,8 @@ class ProbeResult:
     def to_dict(self) -> dict:
         return {"text": self.text, "prompt": self.prompt, "mean_activation": round(self.mean_activation, 4),
                 "peak_activation": round(self.peak_activation, 4), "closest_class": self.closest_class,
-                "class_similarity": {k: round(v, 4) for k, v in self.class_similarity.items()}}
+                "class_similarity": {k: round(v, 4) for k, v in self.class_similarity.items()},
+                "share": None if self.share is None else round(self.share, 4), "described": self.described}
 
 
 # ---- the explainer ---------------------------------------------------------------------------
@@ -91,8 +97,9 @@ class Explainer:
     def __init__(self, model: MPAFER, calibration: DescriptionCalibration | None = None,
                  method: str | None = None):
         self.model = model
-        self.scorer = DescriptionScorer(model, calibration, method)
-        self.bank = self.scorer.bank
+        # the descriptions' text features, encoded once for this explainer's lifetime (a Predictor's)
+        self.bank = description_bank(model)
+        self.scorer = DescriptionScorer(model, calibration, method, bank=self.bank)
 
     @property
     def calibrated(self) -> bool:
@@ -111,15 +118,6 @@ class Explainer:
     def heat_scale(maps: torch.Tensor | np.ndarray) -> HeatScale:
         """The cosine range of all of one face's (C, h, w) class maps: the colour bar's ends."""
         return HeatScale.of(maps)
-
-    def topk_cells(self, maps: torch.Tensor | np.ndarray, class_index: int) -> np.ndarray:
-        """(h, w) boolean: the cells whose mean is the class's local CGLA score."""
-        return topk_cells(maps[class_index], self.model.config.topk)
-
-    @staticmethod
-    def contrast(maps: torch.Tensor | np.ndarray, first: int, second: int) -> np.ndarray:
-        """(h, w) "why ``first`` rather than ``second``": the first class's map minus the second's."""
-        return contrast_map(maps, first, second)
 
     # ---- descriptions --------------------------------------------------------------------------
     def description_maps(self, patch_features: torch.Tensor) -> torch.Tensor:
@@ -156,17 +154,21 @@ class Explainer:
         feature = self.model.encode_text([prompt]).to(patch_features.device)  # (1, D), frozen encoder
         grid = self.model.similarity_maps(patch_features[None], feature)[0, 0]  # (h, w)
         values = grid.float().cpu().numpy()
-        if face_mask is not None and np.asarray(face_mask).any():
-            inside = values[np.asarray(face_mask, dtype=bool)]
-        else:
-            inside = values.reshape(-1)
+        inside = np.asarray(face_mask, dtype=bool) if face_mask is not None and np.asarray(face_mask).any() \
+            else np.ones(values.shape, dtype=bool)
+        mean = float(values[inside].mean())
+        # the written descriptions measured the same way on the same face: what "a good match" means here
+        written = self.description_maps(patch_features).float().cpu().numpy()
+        written = written.reshape(written.shape[0], -1)[:, inside.reshape(-1)].mean(axis=1)
         similarity = (feature @ class_features.to(feature.dtype).t())[0].float().cpu().tolist()
         return ProbeResult(
             text=cleaned,
             map=values,
             heatmap=normalize_map(upsample(grid, size)),
-            mean_activation=float(inside.mean()),
+            mean_activation=mean,
             peak_activation=float(values.max()),
             class_similarity=dict(zip(self.model.classes, similarity)),
             prompt=prompt,
+            share=float((written < mean).mean()) if written.size else None,
+            described=int(written.size),
         )

@@ -1,15 +1,17 @@
 """Image in, one explained result per face out.
 
 ``Predictor`` owns the model, the face detector and the explainer. For each image it finds
-the faces, crops each one square with a margin, classifies all crops in one batch and reads
-the explanations (class heatmaps, best-matching descriptions per facial region) off that
-same forward pass. Grad-CAM, which needs a backward pass, runs only when asked.
+the faces, crops each one square with a margin, classifies all crops in one batch and fills
+one ``FaceExplanation`` per face off that same forward pass (class maps, best-matching
+descriptions per facial region). The occlusion check and Grad-CAM, which need more passes,
+are added to it only when asked (``explain``). A picture already read by ``load_image`` goes
+in through ``predict_picture`` and is not decoded again.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,8 +23,9 @@ from .transforms import to_model_input
 from .input_protocol import to_grey
 from .backbone import BackboneConfig
 from .description_calibration import load_calibration
-from .explain import (DescriptionScore, Explainer, HeatScale, ProbeResult, gradcam, normalize_map, region_activation,
-                      upsample)
+from .description_scores import DescriptionScore
+from .explain import Explainer, ProbeResult, gradcam, normalize_map, upsample
+from .explanation import FaceExplanation
 from .occlusion import OcclusionResult, occlusion_effects, pixel_masks
 from .faces import (DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, crop_face,
                     face_regions, limit_faces, region_masks)
@@ -76,20 +79,46 @@ class FaceResult:
     score: float  # detector confidence
     label: str
     probabilities: dict[str, float]
-    heatmaps: dict[str, np.ndarray]  # class -> (S, S) CGLA map on the crop, in [0, 1], one scale for all classes
-    regions: dict[str, list[DescriptionScore]]  # region -> best-matching descriptions
-    crop: Image.Image  # S x S RGB crop the maps are drawn on
     crop_info: CropInfo
-    region_boxes: dict[str, Box] = field(default_factory=dict)  # crop pixels
-    region_masks: dict[str, np.ndarray] = field(default_factory=dict)  # on the model's patch grid
-    maps: np.ndarray | None = None  # (C, h, w) raw patch-to-class cosines
-    patch_features: torch.Tensor | None = None  # (N, D), kept for probes without another pass
-    gradcam: np.ndarray | None = None  # (S, S) in [0, 1] for the predicted class, when asked
-    gradcam_regions: dict[str, float] | None = None
+    explanation: FaceExplanation  # everything that explains this face, filled by the library
 
     @property
     def confidence(self) -> float:
         return self.probabilities[self.label]
+
+    # the explanation's parts under the names this result has always had
+    @property
+    def crop(self) -> Image.Image:
+        return self.explanation.crop
+
+    @property
+    def regions(self) -> dict[str, list[DescriptionScore]]:
+        return self.explanation.descriptions
+
+    @property
+    def maps(self) -> np.ndarray:
+        return self.explanation.maps
+
+    @property
+    def region_boxes(self) -> dict[str, Box]:
+        return self.explanation.region_boxes
+
+    @property
+    def region_masks(self) -> dict[str, np.ndarray]:
+        return self.explanation.region_masks
+
+    @property
+    def patch_features(self) -> torch.Tensor | None:
+        return self.explanation.patch_features
+
+    @property
+    def gradcam(self) -> np.ndarray | None:
+        """(S, S) Grad-CAM of the predicted class, when it was asked for."""
+        return self.explanation.gradcam(self.label)
+
+    @property
+    def gradcam_regions(self) -> dict[str, float] | None:
+        return self.explanation.gradcam_regions(self.label)
 
     def to_dict(self, heatmaps: bool = False) -> dict[str, Any]:
         """JSON-safe summary. ``heatmaps=True`` adds every class map (and Grad-CAM, if any) on
@@ -97,30 +126,14 @@ class FaceResult:
         cosines at 0 and 1), rows top to bottom; the grid covers
         ``crop_box`` (image pixels), so upsampling it bilinearly there redraws the overlay."""
         size = self.crop_info.size
-        data: dict[str, Any] = {
+        return {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
             "label": self.label,
             "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
             "crop_box": [round(float(v), 1) for v in self.crop_info.box_to_image((0.0, 0.0, size, size))],
-            "regions": {region: [d.to_dict() for d in items] for region, items in self.regions.items()},
+            **self.explanation.to_dict(heatmaps),
         }
-        if self.gradcam_regions is not None:
-            data["gradcam_regions"] = {k: round(v, 4) for k, v in self.gradcam_regions.items()}
-        if heatmaps and self.maps is not None:
-            classes = list(self.probabilities)
-            scale = HeatScale.of(self.maps)
-            data["heatmaps"] = {c: _grid_list(scale.apply(self.maps[i])) for i, c in enumerate(classes)}
-            data["heat_scale"] = [round(scale.low, 4), round(scale.high, 4)]
-            if self.gradcam is not None:
-                grid = torch.from_numpy(self.gradcam)[None, None]
-                pooled = torch.nn.functional.adaptive_avg_pool2d(grid, self.maps.shape[-2:])[0, 0]
-                data["gradcam"] = _grid_list(normalize_map(pooled))
-        return data
-
-
-def _grid_list(values: np.ndarray) -> list[list[float]]:
-    return np.round(values.astype(np.float64), 3).tolist()
 
 
 @dataclass
@@ -224,69 +237,85 @@ class Predictor:
         to bottom, each left to right); ``.found`` counts every face the detector found."""
         return limit_faces(self.detector.detect(image), self.max_faces)
 
-    def predict(self, image: Any, explain: bool = True, gradcam: bool = False,
+    def predict(self, image: Any, explain: bool = True, gradcam: bool = False, occlusion: bool = False,
                 max_side: int | None = DEFAULT_MAX_SIDE) -> list[FaceResult]:
         """Every face in ``image`` (anything ``mpafer.images.load_image`` reads), in reading
         order, at most ``max_faces`` (the largest); the list's ``found`` counts all faces found.
 
-        ``explain=False`` is the fast path: the heatmap of the predicted class only, and no
-        region descriptions. No face: an empty list. Unreadable input: ``ImageError``.
+        ``explain=False`` is the fast path: class maps only, no region descriptions. ``gradcam``
+        and ``occlusion`` add those checks of the predicted class to every face (see ``explain``).
+        No face: an empty list. Unreadable input: ``ImageError``.
         """
-        picture = load_image(image, max_side=max_side)
+        return self.predict_picture(load_image(image, max_side=max_side), explain, gradcam, occlusion)
+
+    def predict_picture(self, picture: Image.Image, explain: bool = True, gradcam: bool = False,
+                        occlusion: bool = False) -> list[FaceResult]:
+        """``predict`` for a picture ``load_image`` already made (upright RGB): not decoded again."""
         faces = self.detect(picture)
         if not faces:
             return FaceList()
         crops = [crop_face(picture, face, self.crop_size, self.margin, shift_y=self.protocol.shift_y)
                  for face in faces]
         output, probabilities = self.forward(self.preprocess([crop for crop, _ in crops]))
-        grid = self.model.grid
         results = []
         for i, (face, (crop, info)) in enumerate(zip(faces, crops)):
             predicted = int(probabilities[i].argmax())
             boxes = face_regions(info.keypoints, self.crop_size, info.face_box)
-            masks = region_masks(boxes, *grid)
-            heatmaps = self.explainer.class_heatmaps(output.maps[i], self.crop_size,
-                                                     None if explain else [predicted])
-            regions = self.explainer.region_scores(output.patch_features[i], masks, predicted) if explain else {}
+            masks = region_masks(boxes, *self.model.grid)
+            patches = output.patch_features[i].detach().clone()
+            explanation = FaceExplanation(
+                classes=self.classes, label=self.classes[predicted], crop=crop,
+                maps=output.maps[i].float().cpu().numpy(), topk=self.model.config.topk,
+                descriptions=self.explainer.region_scores(patches, masks, predicted) if explain else {},
+                description_method=self.explainer.scorer.method,
+                region_boxes=dict(boxes), region_masks=masks, patch_features=patches)
             results.append(FaceResult(
                 box=face.box, score=face.score, label=self.classes[predicted],
                 probabilities={c: float(p) for c, p in zip(self.classes, probabilities[i].tolist())},
-                heatmaps=heatmaps, regions=regions, crop=crop, crop_info=info,
-                region_boxes=dict(boxes), region_masks=masks,
-                maps=output.maps[i].float().cpu().numpy(),
-                patch_features=output.patch_features[i].detach().clone(),
-            ))
+                crop_info=info, explanation=explanation))
         if gradcam:
             self.add_gradcam(results)
+        if occlusion:
+            for result in results:
+                self.explain(result, occlusion=True)
         return FaceList(results, found=faces.found)
 
-    # ---- explanations on demand ------------------------------------------------------------
-    def class_heatmap(self, face: FaceResult, class_name: str) -> np.ndarray:
-        """The (S, S) heatmap of any class for a face, from the maps kept with it."""
-        if class_name in face.heatmaps:
-            return face.heatmaps[class_name]
-        if class_name not in self.classes or face.maps is None:
-            raise ValueError(f"unknown class {class_name!r} (classes: {', '.join(self.classes)})")
-        index = self.classes.index(class_name)
-        return self.explainer.class_heatmaps(face.maps, face.crop.width, [index])[class_name]
+    # ---- what costs more passes, added to a face's explanation once ---------------------------
+    def explain(self, face: FaceResult, gradcam: str | Sequence[str] | bool | None = None,
+                occlusion: bool = False) -> FaceExplanation:
+        """``face.explanation``, with what is asked and not there yet added to it: the predicted
+        class's occlusion check (one batched pass), Grad-CAM of the predicted class (``True``) or of
+        the classes named (one backward pass for all missing). What it already holds is not rerun."""
+        explanation = face.explanation
+        if occlusion and explanation.occlusion is None:
+            explanation.occlusion = self.occlusion(face)
+        wanted = [face.label] if gradcam is True else [gradcam] if isinstance(gradcam, str) else list(gradcam or [])
+        missing = list(dict.fromkeys(c for c in wanted if c not in explanation.gradcams))
+        if missing:
+            explanation.gradcams.update(zip(missing, self._gradcams([face] * len(missing), missing)))
+        return explanation
 
-    def heat_scale(self, face: FaceResult) -> HeatScale:
-        """The one colour scale of this face's class heatmaps (cosines at the cold and hot ends)."""
-        return self.explainer.heat_scale(face.maps)
+    def add_gradcam(self, faces: Sequence[FaceResult], classes: Sequence[str] | None = None) -> None:
+        """Add Grad-CAM (of the predicted class, or ``classes``) to each face's explanation: one
+        backward pass for the batch."""
+        if not faces:
+            return
+        names = list(classes or [f.label for f in faces])
+        for face, name, cam in zip(faces, names, self._gradcams(faces, names)):
+            face.explanation.gradcams[name] = cam
 
-    def topk_cells(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
-        """(h, w) boolean on the patch grid: the cells that entered the class's local logit."""
-        return self.explainer.topk_cells(face.maps, self.classes.index(class_name or face.label))
+    def _gradcams(self, faces: Sequence[FaceResult], classes: Sequence[str]) -> np.ndarray:
+        """(B, s, s) Grad-CAM at the model's input size, one face and class each."""
+        batch = self.preprocess([f.crop for f in faces])
+        targets = [face.explanation.index(name) for face, name in zip(faces, classes)]
+        with self._lock:
+            maps = gradcam(self.model, batch, targets)
+        return np.stack([normalize_map(m) for m in maps])
 
-    def contrast(self, face: FaceResult, first: str, second: str) -> np.ndarray:
-        """(h, w) "why ``first`` rather than ``second``": first's class map minus second's (cosines)."""
-        return self.explainer.contrast(face.maps, self.classes.index(first), self.classes.index(second))
-
-    def description_heatmap(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
-        """(h, w) where the face matches a class's descriptions (the predicted class by default)."""
-        with self._lock, torch.no_grad():
-            return self.explainer.description_heatmap(face.patch_features, face.region_masks,
-                                                      self.classes.index(class_name or face.label))
+    def gradcam_map(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
+        """(S, S) Grad-CAM in [0, 1] for any class of a face, computed afresh and not kept."""
+        cam = self._gradcams([face], [class_name or face.label])[0]
+        return normalize_map(upsample(torch.from_numpy(cam), face.crop.width))
 
     def occlusion(self, face: FaceResult, class_name: str | None = None) -> OcclusionResult:
         """How the class's probability (the predicted one by default) changes when each facial
@@ -296,27 +325,15 @@ class Predictor:
         target = self.classes.index(class_name or face.label)
         return occlusion_effects(lambda images: self.forward(images)[1], batch[0], masks, target)
 
-    def gradcam_map(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
-        """(S, S) Grad-CAM in [0, 1] for any class of a face, without storing it on the face."""
-        batch = self.preprocess([face.crop])
-        with self._lock:
-            cam = gradcam(self.model, batch, [self.classes.index(class_name or face.label)])[0]
-        return normalize_map(upsample(torch.from_numpy(cam), face.crop.width))
-
-    def add_gradcam(self, faces: Sequence[FaceResult], classes: Sequence[str] | None = None) -> None:
-        """Attach a Grad-CAM map (for the predicted class, or ``classes``) to each face, in place."""
-        if not faces:
-            return
-        targets = [self.classes.index(c) for c in (classes or [f.label for f in faces])]
-        batch = self.preprocess([f.crop for f in faces])
-        with self._lock:
-            maps = gradcam(self.model, batch, targets)
-        for face, cam in zip(faces, maps):
-            face.gradcam = normalize_map(upsample(torch.from_numpy(cam), face.crop.width))
-            face.gradcam_regions = region_activation(face.gradcam, face.region_masks)
+    def description_heatmap(self, face: FaceResult, class_name: str | None = None) -> np.ndarray:
+        """(h, w) where the face matches a class's descriptions (the predicted class by default)."""
+        with self._lock, torch.no_grad():
+            return self.explainer.description_heatmap(face.patch_features, face.region_masks,
+                                                      self.classes.index(class_name or face.label))
 
     def probe(self, face: FaceResult, text: str) -> ProbeResult:
-        """Where free text matches this face, and how close it is to each class."""
+        """Where free text matches this face, how close it is to each class, and how it compares
+        with the model's own descriptions on the same face."""
         if face.patch_features is None:
             raise ValueError("this face result has no patch features to probe")
         with self._lock, torch.no_grad():

@@ -205,10 +205,10 @@ def test_live_webcam_keeps_up(page, monkeypatch):
     """Frames from the (fake) camera are analysed at 5 or more per second on this machine."""
     from playwright.sync_api import expect
 
-    from demo import handlers
+    from demo import live_view
 
     calls, averaged = [], []
-    original = handlers.live
+    original = live_view.live
 
     def counted(predictor, frame, *tracker):
         result = original(predictor, frame, *tracker)
@@ -217,7 +217,7 @@ def test_live_webcam_keeps_up(page, monkeypatch):
         averaged.append(max((len(t.history) for t in tracker[0].tracks), default=0) if tracker else 0)
         return result
 
-    monkeypatch.setattr(handlers, "live", counted)  # the app looks the handler up per call
+    monkeypatch.setattr(live_view, "live", counted)  # the app looks the handler up per call
     page.get_by_role("tab", name="Live webcam").click()
     camera = page.locator("#live-webcam")
     camera.get_by_role("button", name="Click to Access Webcam").click()

@@ -35,8 +35,8 @@ def analyze(client, path, gradcam=False):
 
 
 def analyzed(client, path, gradcam=False) -> dict:
-    """/analyze's outputs by name (those of handlers.AnalyzeOutputs but the tab's state)."""
-    from demo.handlers import AnalyzeOutputs
+    """/analyze's outputs by name (those of outputs.AnalyzeOutputs but the tab's state)."""
+    from demo.outputs import AnalyzeOutputs
 
     names = [name for name in AnalyzeOutputs._fields if name != "session"]
     values = analyze(client, path, gradcam)
@@ -64,7 +64,7 @@ def test_group_photo_end_to_end(client):
 
 
 def test_outlines_contrast_and_occlusion_through_the_api(client):
-    from demo.handlers import OCCLUSION_HEADERS
+    from demo.wording import OCCLUSION_HEADERS
 
     out = analyzed(client, ASTRONAUT)
     ranked = [c["label"] for c in sorted(out["probabilities"]["confidences"], key=lambda c: -c["confidence"])]

@@ -12,7 +12,7 @@ from conftest import ASTRONAUT, REPO
 
 sys.path.insert(0, str(REPO))  # `demo` is a folder of scripts, imported from the repo root
 
-from demo import handlers  # noqa: E402
+from demo import annotate, handlers, live_view, wording  # noqa: E402
 from mpafer.faces import FaceList  # noqa: E402
 from mpafer.predictor import UNTRAINED, Predictor  # noqa: E402
 from mpafer.tracking import FaceTracker  # noqa: E402
@@ -52,7 +52,7 @@ def grid_faces(rows, cols, size, side):
                                                     (1, 1, (512, 512), 100), (2, 2, (800, 800), 80)])
 def test_markers_never_overlap_or_leave_the_picture(rows, cols, size, side):
     faces = grid_faces(rows, cols, size, side)
-    plan = handlers.layout(size, faces)
+    plan = annotate.layout(size, faces)
     assert [tag.text for tag in plan.tags] == [str(n) for n in range(1, len(faces) + 1)]
     assert plan.legend == [] and plan.legend_rect is None
     assert_clean(plan, size)
@@ -65,18 +65,18 @@ def test_markers_of_faces_at_the_picture_edges_and_in_a_crowd_stay_clean():
     for _ in range(25):  # a crowd: overlapping boxes packed in one corner
         x, y = rng.uniform(0, 200), rng.uniform(0, 150)
         faces.append(fake((x, y, x + 40, y + 40)))
-    plan = handlers.layout(size, faces)
+    plan = annotate.layout(size, faces)
     assert len(plan.tags) == len(faces)
     assert_clean(plan, size)
 
 
 def test_live_labels_carry_the_details_or_fall_back_to_a_legend():
     size = (480, 360)
-    one = handlers.layout(size, [fake((200, 100, 300, 200), "surprise", 0.51)], labels=True)
+    one = annotate.layout(size, [fake((200, 100, 300, 200), "surprise", 0.51)], labels=True)
     assert [tag.text for tag in one.tags] == ["1 surprise 51%"] and one.legend_rect is None
     assert_clean(one, size)
     crowded = grid_faces(4, 6, size, 60)  # no room for "n label p%" beside 24 faces
-    plan = handlers.layout(size, crowded, labels=True)
+    plan = annotate.layout(size, crowded, labels=True)
     assert [tag.text for tag in plan.tags] == [str(n) for n in range(1, 25)]
     assert plan.legend and plan.legend_rect[3] == size[1]
     assert "24: happiness 82%" in " ".join(plan.legend)
@@ -86,22 +86,22 @@ def test_live_labels_carry_the_details_or_fall_back_to_a_legend():
 def test_annotate_draws_markers_and_keeps_the_size():
     picture = Image.new("RGB", (640, 480), (128, 128, 128))
     faces = [fake((100, 100, 200, 200)), fake((300, 120, 390, 210))]
-    out = handlers.annotate(picture, faces)
+    out = annotate.annotate(picture, faces)
     assert out.size == picture.size and not out.getexif()
     assert not np.array_equal(np.asarray(out), np.asarray(picture))
-    live = handlers.annotate(picture, grid_faces(4, 6, (640, 480), 70), labels=True)
+    live = annotate.annotate(picture, grid_faces(4, 6, (640, 480), 70), labels=True)
     assert live.size == picture.size
     assert np.asarray(live)[-5:].mean() < 60  # the legend strip at the bottom
 
 
 def test_the_note_says_when_the_limit_is_reached():
     faces = FaceList([fake((0, 0, 10, 10)), fake((20, 0, 30, 10), "neutral", 0.4)], found=63)
-    message = handlers.describe_faces(faces)
+    message = wording.describe_faces(faces)
     assert message.startswith("**Showing the 2 largest of 63 faces**")
     assert "reading order" in message and "2: neutral (40%)" in message
-    assert handlers.describe_faces(FaceList(faces, found=2)).startswith("**2 faces**, numbered in reading order")
-    assert handlers.describe_faces([faces[0]]).startswith("**One face:** happiness (82%)")
-    assert handlers.describe_faces(FaceList([faces[0]], found=5)).startswith("**Showing the 1 largest of 5 faces**")
+    assert wording.describe_faces(FaceList(faces, found=2)).startswith("**2 faces**, numbered in reading order")
+    assert wording.describe_faces([faces[0]]).startswith("**One face:** happiness (82%)")
+    assert wording.describe_faces(FaceList([faces[0]], found=5)).startswith("**Showing the 1 largest of 5 faces**")
 
 
 def group_picture(rows, cols, size=(1280, 720)):
@@ -147,11 +147,11 @@ def test_live_labels_are_smoothed_per_face(predictor):
     shown = []
     for n, probs in enumerate(flicker):
         frame_faces = [replace(faces[0], probabilities=probs, label=max(probs, key=probs.get))]
-        (face,) = handlers.smooth(predictor, frame_faces, tracker, now=n * 0.1)
+        (face,) = live_view.smooth(frame_faces, tracker, now=n * 0.1)
         shown.append(face.label)
-        assert face.heatmaps[face.label].shape == (predictor.crop_size, predictor.crop_size)
+        assert face.explanation.heatmap(face.label).shape == (predictor.crop_size, predictor.crop_size)
     assert shown[0] == other and len(tracker.tracks) == 1
     assert face.probabilities[other] == pytest.approx(face.probabilities[faces[0].label])  # two frames each
-    out = handlers.live(predictor, frame, tracker)
-    assert out.shape == (handlers.LIVE_MAX_SIDE, handlers.LIVE_MAX_SIDE, 3) and len(tracker.tracks) == 1
+    out = live_view.live(predictor, frame, tracker)
+    assert out.shape == (live_view.LIVE_MAX_SIDE, live_view.LIVE_MAX_SIDE, 3) and len(tracker.tracks) == 1
     assert tracker.tracks[0].history and len(tracker.tracks[0].history) >= 1

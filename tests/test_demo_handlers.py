@@ -15,7 +15,7 @@ from conftest import ASTRONAUT, GROUP, REPO
 
 sys.path.insert(0, str(REPO))  # `demo` is a folder of scripts, imported from the repo root
 
-from demo import handlers  # noqa: E402
+from demo import face_panel, handlers, legends, live_view, outputs, probe_view, wording  # noqa: E402
 from mpafer.predictor import UNTRAINED, Predictor  # noqa: E402
 
 
@@ -52,10 +52,23 @@ def test_astronaut_one_face_with_label_and_heatmap(predictor):
     assert out.face_selector["visible"] is False  # one face: no selector
     assert out.gradcam["visible"] is False
     assert out.annotated.size == (512, 512)
-    assert out.regions and len(out.regions[0]) == len(handlers.REGION_HEADERS)
+    assert out.regions and len(out.regions[0]) == len(face_panel.REGION_HEADERS)
     assert {row[0] for row in out.regions} >= {"mouth", "eyes"}
-    kept = out.session.faces[0]  # the tab's state: full-size maps are redrawn, not stored
-    assert kept.heatmaps == {} and kept.maps is not None and kept.patch_features is not None
+    kept = out.session.faces[0].explanation  # the tab's state: patch-grid maps; full-size ones drawn on read
+    assert kept.maps.shape[1:] == predictor.model.grid and kept.patch_features is not None
+    assert kept.occlusion is not None and kept.gradcams == {}  # the panel's checks, filled once, for this face
+
+
+def test_an_upload_is_decoded_once(predictor, monkeypatch):
+    """The handler decodes the upload (size limits, friendly errors); the predictor takes the picture as it is."""
+    import mpafer.predictor
+    from mpafer import images
+
+    decoded = []
+    real = images.load_image
+    monkeypatch.setattr(handlers, "load_image", lambda *a, **k: decoded.append("handler") or real(*a, **k))
+    monkeypatch.setattr(mpafer.predictor, "load_image", lambda *a, **k: decoded.append("predictor") or real(*a, **k))
+    assert handlers.analyze(predictor, str(ASTRONAUT)).session.faces and decoded == ["handler"]
 
 
 def test_group_four_faces_and_face_selector(predictor):
@@ -78,7 +91,7 @@ def test_group_four_faces_and_face_selector(predictor):
     if face.label not in ("anger", "happiness"):
         assert np.asarray(other.class_heatmap).tolist() != np.asarray(view.class_heatmap).tolist()
     assert handlers.select_face(predictor, out.session, 99, None, False).probabilities  # clamped
-    assert handlers.select_face(predictor, None, 0, None, False) == handlers.EMPTY_FACE
+    assert handlers.select_face(predictor, None, 0, None, False) == outputs.EMPTY_FACE
 
 
 def test_gradio_payload_and_upload_name(predictor, tmp_path):
@@ -173,17 +186,17 @@ def test_ten_faces_all_handled_in_bounded_time(predictor):
 
 def test_probe(predictor):
     out = handlers.analyze(predictor, str(GROUP), False, None)
-    probe = handlers.probe(predictor, out.session, 1, "wrinkled nose")
+    probe = probe_view.probe(predictor, out.session, 1, "wrinkled nose")
     assert probe.heatmap.width == 224 and probe.heatmap.height > 224  # with its colour legend
     assert '"wrinkled nose"' in probe.message and "Closest expression:" in probe.message
     assert any(probe.message.split("\n")[1].startswith(words) for words in ("Strong match", "Some match", "No match"))
     # the bar chart's data: every class, largest first, relative to the average class
     chart = probe.chart
-    assert list(chart[handlers.PROBE_CHART_X]) and sorted(chart[handlers.PROBE_CHART_X]) == sorted(predictor.classes)
-    values = list(chart[handlers.PROBE_CHART_Y])
+    assert list(chart[probe_view.PROBE_CHART_X]) and sorted(chart[probe_view.PROBE_CHART_X]) == sorted(predictor.classes)
+    values = list(chart[probe_view.PROBE_CHART_Y])
     assert values == sorted(values, reverse=True) and abs(sum(values)) < 1e-3
-    assert handlers.probe(predictor, out.session, 1, "  ").heatmap is None
-    assert "first" in handlers.probe(predictor, None, 0, "smile").message
+    assert probe_view.probe(predictor, out.session, 1, "  ").heatmap is None
+    assert "first" in probe_view.probe(predictor, None, 0, "smile").message
 
 
 def test_probe_text_goes_through_the_description_template_once(predictor, monkeypatch):
@@ -196,52 +209,52 @@ def test_probe_text_goes_through_the_description_template_once(predictor, monkey
     original, encode = predictor.probe, predictor.model.encode_text
     monkeypatch.setattr(predictor, "probe", lambda face, text: seen.append(text) or original(face, text))
     monkeypatch.setattr(predictor.model, "encode_text", lambda texts: encoded.extend(texts) or encode(texts))
-    first = handlers.probe(predictor, session, 0, "  wrinkled   nose. ")
-    handlers.probe(predictor, session, 0, "a photo of a face with a big grin")
+    first = probe_view.probe(predictor, session, 0, "  wrinkled   nose. ")
+    probe_view.probe(predictor, session, 0, "a photo of a face with a big grin")
     assert seen == ["wrinkled nose.", "a photo of a face with a big grin"]  # the words, not yet templated
     assert encoded == [DESCRIPTION_TEMPLATE.format(description="wrinkled nose"), "a photo of a face with a big grin"]
     assert 'read by the model as "a photo of a face with wrinkled nose."' in first.message
-    assert not hasattr(handlers, "probe_prompt")  # one place applies the template
+    assert not hasattr(probe_view, "probe_prompt")  # one place applies the template
     assert DESCRIPTION_TEMPLATE == "a photo of a face with {description}."  # what the bank is encoded with
 
 
 def test_probe_refuses_empty_non_text_and_caps_long_text(predictor):
     session = handlers.analyze(predictor, str(ASTRONAUT)).session
     for bad in ("", "   ", "\n\t", None, 42, ["smile"], {"text": "smile"}, "1234 !!! ??", "🙂🙂"):
-        out = handlers.probe(predictor, session, 0, bad)
+        out = probe_view.probe(predictor, session, 0, bad)
         assert out.heatmap is None and out.chart is None and out.message, bad
         assert "e.g. wrinkled nose" in out.message, (bad, out.message)
     long = " ".join(["raised inner brows"] * 40)  # 759 characters
-    out = handlers.probe(predictor, session, 0, long)
+    out = probe_view.probe(predictor, session, 0, long)
     assert out.heatmap is not None
-    assert f"limited to {handlers.PROBE_MAX_CHARS}" in out.message and "759 characters" in out.message
+    assert f"limited to {probe_view.PROBE_MAX_CHARS}" in out.message and "759 characters" in out.message
     used = out.message.split('"')[1]
-    assert len(used) <= handlers.PROBE_MAX_CHARS and long.startswith(used) and long[len(used)] == " "  # cut at a word
+    assert len(used) <= probe_view.PROBE_MAX_CHARS and long.startswith(used) and long[len(used)] == " "  # cut at a word
     assert f"only the first {len(used)} were used" in out.message
-    ok = handlers.probe(predictor, session, 0, "raised inner brows")
+    ok = probe_view.probe(predictor, session, 0, "raised inner brows")
     assert "limited to" not in ok.message and "Notice" not in ok.message
 
 
 def test_probe_message_is_plain_text_and_not_english_gets_a_notice(predictor):
     session = handlers.analyze(predictor, str(ASTRONAUT)).session
     markup = "<b>wide</b> **eyes** <img src=x onerror=alert(1)> [link](http://x)"
-    out = handlers.probe(predictor, session, 0, markup)
+    out = probe_view.probe(predictor, session, 0, markup)
     assert markup in out.message  # shown as typed (the app shows it in a Textbox), not escaped or dropped
     assert "Notice" not in out.message
     for foreign in ("la bouche ouverte avec un sourire", "ojos muy abiertos", "ein breites Lächeln",
                     "улыбка", "笑顔", "sourire ébahi"):
-        notice = handlers.probe(predictor, session, 0, foreign)
+        notice = probe_view.probe(predictor, session, 0, foreign)
         assert "does not look like English" in notice.message, foreign
         assert notice.heatmap is not None  # a notice, not a refusal
     for english in ("corners of the mouth pulled up", "eyes wide open", "a frown", "nose wrinkled in disgust"):
-        assert handlers.language_notice(english) == "", english
+        assert probe_view.language_notice(english) == "", english
 
 
 def test_heatmaps_carry_a_colour_legend_and_the_picker_starts_at_the_prediction(predictor):
     out = handlers.analyze(predictor, str(ASTRONAUT))
     face = out.session.faces[0]
     assert out.heat_class["value"] == face.label  # no class asked for: the predicted one
-    scale = predictor.heat_scale(face)
+    scale = face.explanation.scale
     assert f"{scale.low:.3f}" in out.heat_legend and f"{scale.high:.3f}" in out.heat_legend
     assert "Red" in out.heat_legend and "blue" in out.heat_legend
     pixels = np.asarray(out.heatmap)
@@ -252,7 +265,7 @@ def test_heatmaps_carry_a_colour_legend_and_the_picker_starts_at_the_prediction(
     other = next(c for c in predictor.classes if c != face.label)
     assert handlers.select_face(predictor, out.session, 0, other, False).heat_class["value"] == other
     view, cleared = handlers.change_face(predictor, out.session, 0, False)
-    assert view.heat_class["value"] == face.label and cleared == handlers.EMPTY_PROBE
+    assert view.heat_class["value"] == face.label and cleared == outputs.EMPTY_PROBE
     assert handlers.analyze(predictor, str(ASTRONAUT)).probe_message == ""
 
 
@@ -262,7 +275,7 @@ def test_descriptions_short_table_and_the_rest_with_words(predictor):
     per_region = {}
     for row in out.regions:
         per_region.setdefault(row[0], []).append(row)
-    assert per_region and all(len(rows) <= handlers.SHORT_TABLE_ROWS for rows in per_region.values())
+    assert per_region and all(len(rows) <= face_panel.SHORT_TABLE_ROWS for rows in per_region.values())
     assert len(out.regions) + len(out.more_regions) == sum(len(items) for items in face.regions.values())
     assert out.more_regions  # the rest, behind the accordion
     for region, rows in per_region.items():  # the short table holds each region's best-ranked ones
@@ -273,7 +286,7 @@ def test_descriptions_short_table_and_the_rest_with_words(predictor):
         assert row[3].split(" (")[0] in ("strong match", "some match", "no match"), row
     assert "Match" in out.score_key and "strong match" in out.score_key
     # each row says the expression its description was written for (marked when it is the predicted one)
-    assert handlers.REGION_HEADERS[1:3] == ["description", "written for"]
+    assert face_panel.REGION_HEADERS[1:3] == ["description", "written for"]
     written = {(item.region, item.text): item for items in face.regions.values() for item in items}
     assert {item.class_name for item in written.values()} - {face.label}  # other classes' descriptions too
     for row in out.regions + out.more_regions:
@@ -291,19 +304,19 @@ def test_score_words():
     def score(value, method="zscore", rank=1, of=150):
         return DescriptionScore("mouth", "happiness", "lips pulled back", value, 0.2, rank, of, True, method)
 
-    assert handlers.match_words(score(1.46)) == "strong match (+1.5)"
-    assert handlers.match_words(score(0.31)) == "some match (+0.3)"
-    assert handlers.match_words(score(-0.4)) == "no match (-0.4)"
-    assert handlers.match_words(score(0.08, "region_minus_face")) == "strong match (+0.080)"
-    assert handlers.match_level(score(-0.01, "region_minus_face")) == "no match"
+    assert wording.match_words(score(1.46)) == "strong match (+1.5)"
+    assert wording.match_words(score(0.31)) == "some match (+0.3)"
+    assert wording.match_words(score(-0.4)) == "no match (-0.4)"
+    assert wording.match_words(score(0.08, "region_minus_face")) == "strong match (+0.080)"
+    assert wording.match_level(score(-0.01, "region_minus_face")) == "no match"
     # uncalibrated cosines: the words compare ranks within the region
-    assert handlers.match_words(score(0.231, "raw", rank=15)) == "strong match (0.231)"
-    assert handlers.match_level(score(0.2, "raw", rank=50)) == "some match"
-    assert handlers.match_level(score(0.2, "raw", rank=51)) == "no match"
-    assert handlers.probe_level(0.9) == "strong match" and handlers.probe_level(0.6) == "some match"
-    assert handlers.probe_level(0.1) == "no match"
-    assert handlers.confidence_words(0.9) == "the model is quite sure"
-    assert handlers.confidence_words(0.3).startswith("the model is unsure")
+    assert wording.match_words(score(0.231, "raw", rank=15)) == "strong match (0.231)"
+    assert wording.match_level(score(0.2, "raw", rank=50)) == "some match"
+    assert wording.match_level(score(0.2, "raw", rank=51)) == "no match"
+    assert probe_view.probe_level(0.9) == "strong match" and probe_view.probe_level(0.6) == "some match"
+    assert probe_view.probe_level(0.1) == "no match"
+    assert wording.confidence_words(0.9) == "the model is quite sure"
+    assert wording.confidence_words(0.3).startswith("the model is unsure")
 
 
 def test_too_small_and_too_large_pictures_are_said_in_plain_words(predictor, tmp_path):
@@ -344,7 +357,7 @@ def test_upload_is_deleted_once_decoded_but_examples_and_other_files_stay(predic
     assert not upload.exists() and not folder.exists() and uploads.is_dir()
     # the page asks again for the same upload (it does when a photo replaces another): nothing changes
     again = handlers.analyze(predictor, {"path": str(upload), "orig_name": "holiday.jpg"}, uploads=uploads)
-    assert again == handlers.UNCHANGED and all(value == gr.skip() for value in again)
+    assert again == outputs.UNCHANGED and all(value == gr.skip() for value in again)
     assert not [p for p in uploads.rglob("*") if p.is_file() and p.read_bytes() == data]
     assert not out.annotated.getexif() and "exif" not in out.annotated.info
 
@@ -376,11 +389,11 @@ def test_upload_is_deleted_once_decoded_but_examples_and_other_files_stay(predic
 
 def test_live_frames(predictor):
     frame = np.asarray(Image.open(GROUP).convert("RGB"))  # 800x800
-    out = handlers.live(predictor, frame)
-    assert out.shape == (handlers.LIVE_MAX_SIDE, handlers.LIVE_MAX_SIDE, 3) and out.dtype == np.uint8
+    out = live_view.live(predictor, frame)
+    assert out.shape == (live_view.LIVE_MAX_SIDE, live_view.LIVE_MAX_SIDE, 3) and out.dtype == np.uint8
     assert not np.array_equal(out, np.asarray(Image.fromarray(frame).resize(out.shape[1::-1])))  # drawn on
-    assert handlers.live(predictor, None) is None
-    assert handlers.live(predictor, np.zeros((0, 5, 3), dtype=np.uint8)) is None  # a broken frame: no crash
+    assert live_view.live(predictor, None) is None
+    assert live_view.live(predictor, np.zeros((0, 5, 3), dtype=np.uint8)) is None  # a broken frame: no crash
 
 
 def _files_under(folder: Path) -> set[Path]:
@@ -398,8 +411,8 @@ def test_requests_leave_no_files_behind(predictor, tmp_path, monkeypatch):
     out = handlers.analyze(predictor, upload, True, "anger")
     handlers.select_face(predictor, out.session, 0, "fear", True, "anger")
     handlers.contrast(predictor, out.session, 0, "fear", "happiness")
-    handlers.probe(predictor, out.session, 0, "raised eyebrows")
-    handlers.live(predictor, np.asarray(_astronaut()))
+    probe_view.probe(predictor, out.session, 0, "raised eyebrows")
+    live_view.live(predictor, np.asarray(_astronaut()))
     assert out.session.faces
     assert _files_under(private) == set()
     assert _files_under(REPO / "demo") == before_repo
@@ -408,12 +421,12 @@ def test_requests_leave_no_files_behind(predictor, tmp_path, monkeypatch):
 
 def test_analyze_outputs_are_the_face_view_then_the_probe():
     """The app wires AnalyzeOutputs, FaceView and ContrastOutputs to lists of components by position."""
-    fields = handlers.AnalyzeOutputs._fields
-    face = handlers.FaceView._fields
+    fields = outputs.AnalyzeOutputs._fields
+    face = outputs.FaceView._fields
     assert fields[:3] == ("annotated", "message", "face_selector") and fields[3:3 + len(face)] == face
-    assert fields[3 + len(face):] == tuple(f"probe_{name}" for name in handlers.ProbeOutputs._fields) + ("session",)
-    assert set(handlers.ContrastOutputs._fields) <= set(face)
-    assert len(handlers.EMPTY_FACE) == len(face) and len(handlers.UNCHANGED) == len(fields)
+    assert fields[3 + len(face):] == tuple(f"probe_{name}" for name in outputs.ProbeOutputs._fields) + ("session",)
+    assert set(outputs.ContrastOutputs._fields) <= set(face)
+    assert len(outputs.EMPTY_FACE) == len(face) and len(outputs.UNCHANGED) == len(fields)
 
 
 def _outline_pixels(picture: Image.Image, face, heat: np.ndarray) -> np.ndarray:
@@ -431,14 +444,14 @@ def _outline_pixels(picture: Image.Image, face, heat: np.ndarray) -> np.ndarray:
 def test_class_heatmaps_outline_the_patches_that_entered_the_score(predictor):
     out = handlers.analyze(predictor, str(ASTRONAUT))
     face = out.session.faces[0]
-    other = handlers.runner_up(face)
+    other = face_panel.runner_up(face)
     view = handlers.select_face(predictor, out.session, 0, other, False)
     k = predictor.model.config.topk
     masks = []
     for picture, name in ((out.heatmap, face.label), (view.class_heatmap, other)):
-        cells = predictor.topk_cells(face, name)
+        cells = face.explanation.cells(name)
         assert cells.shape == predictor.model.grid and cells.sum() == k
-        changed = _outline_pixels(picture, face, predictor.class_heatmap(face, name))
+        changed = _outline_pixels(picture, face, face.explanation.heatmap(name))
         assert changed.any()
         # every outline pixel lies on the edge of one of the top-k cells (within the line width)
         step = face.crop.width / cells.shape[0]
@@ -451,12 +464,12 @@ def test_class_heatmaps_outline_the_patches_that_entered_the_score(predictor):
                       for r, c in zip(*np.nonzero(cells)))
         assert touched >= k // 2
         masks.append(changed)
-    if not np.array_equal(predictor.topk_cells(face, face.label), predictor.topk_cells(face, other)):
+    if not np.array_equal(face.explanation.cells(face.label), face.explanation.cells(other)):
         assert not np.array_equal(masks[0], masks[1])  # each class's own cells
     note = f"outlined: the {k} patches that entered the score"
-    assert handlers.outline_note(k) == note and "Outlined in white" in out.heat_legend
+    assert legends.outline_note(k) == note and "Outlined in white" in out.heat_legend
     assert f"the {k} patches that entered the score" in out.heat_legend
-    bare = handlers.heatmap_image(face, predictor.class_heatmap(face, face.label), predictor.heat_scale(face))
+    bare = legends.heatmap_image(face.crop, face.explanation.heatmap(), face.explanation.scale)
     assert bare.height < out.heatmap.height  # the legend strip has one more line: the outline note
 
 
@@ -465,7 +478,7 @@ def test_contrast_why_a_rather_than_b(predictor):
     face = out.session.faces[0]
     ranked = sorted(face.probabilities, key=face.probabilities.get, reverse=True)
     assert ranked[0] == face.label
-    assert handlers.runner_up(face) == ranked[1] and out.contrast_class["value"] == ranked[1]  # B starts at the runner-up
+    assert face_panel.runner_up(face) == ranked[1] and out.contrast_class["value"] == ranked[1]  # B starts at the runner-up
     assert f"Why {face.label} rather than {ranked[1]}?" in out.contrast_legend
     assert f"evidence for {face.label}" in out.contrast_legend and f"evidence for {ranked[1]}" in out.contrast_legend
     picture = np.asarray(out.contrast)
@@ -474,7 +487,7 @@ def test_contrast_why_a_rather_than_b(predictor):
 
     def colour_at_extreme(image: np.ndarray, first: str, second: str) -> tuple[np.ndarray, float]:
         """The colour blended onto the crop (alpha 0.5) at the cell where the two maps differ most."""
-        diff = predictor.contrast(face, first, second)
+        diff = face.explanation.contrast(first, second)
         assert diff.shape == predictor.model.grid
         r, c = np.unravel_index(int(np.argmax(np.abs(diff))), diff.shape)
         step = side // diff.shape[0]
@@ -503,7 +516,7 @@ def test_contrast_why_a_rather_than_b(predictor):
     assert f"Why {ranked[3]} rather than {ranked[2]}?" in view.contrast_legend
     view, _ = handlers.change_face(predictor, out.session, 0, False)  # a face picked: B back at the runner-up
     assert view.contrast_class["value"] == ranked[1]
-    assert handlers.contrast(predictor, None, 0, None, None) == handlers.EMPTY_CONTRAST
+    assert handlers.contrast(predictor, None, 0, None, None) == outputs.EMPTY_CONTRAST
 
 
 def test_occlusion_check_runs_for_the_face_shown_once(predictor, monkeypatch):
@@ -519,13 +532,13 @@ def test_occlusion_check_runs_for_the_face_shown_once(predictor, monkeypatch):
     assert result.target == predictor.classes.index(faces[0].label)  # the predicted class
     assert [row[0] for row in out.occlusion] == [r.region for r in result.regions]
     assert set(row[0] for row in out.occlusion) == set(OCCLUDED_REGIONS)
-    assert all(len(row) == len(handlers.OCCLUSION_HEADERS) for row in out.occlusion)
+    assert all(len(row) == len(wording.OCCLUSION_HEADERS) for row in out.occlusion)
     changes = [float(row[2].split()[0]) for row in out.occlusion]
     assert changes == sorted(changes)  # the largest drop first
     assert changes == pytest.approx([100 * r.change for r in result.regions], abs=0.051)
     for row, region in zip(out.occlusion, result.regions):
         assert row[1] == f"{result.probability:.0%} → {region.probability:.0%}" and row[2].endswith(" points")
-        assert row[3] == handlers.occlusion_words(region.change, faces[0].label, predictor.classes[region.label])
+        assert row[3] == wording.occlusion_words(region.change, faces[0].label, predictor.classes[region.label])
     assert f"Blurring check for {faces[0].label}" in out.occlusion_summary
     assert f"{faces[0].confidence:.0%} on the whole face" in out.occlusion_summary
     handlers.select_face(predictor, out.session, 0, "anger", True)  # another class, Grad-CAM: kept, not rerun
@@ -544,18 +557,18 @@ def test_occlusion_in_words():
     result = OcclusionResult(1, 0.82, (RegionOcclusion("mouth", 0.40, -0.42, 0), RegionOcclusion("eyes", 0.79, -0.03, 1),
                                        RegionOcclusion("nose", 0.824, 0.004, 1), RegionOcclusion("brows", 0.86, 0.04, 1),
                                        RegionOcclusion("cheeks", 0.95, 0.13, 1)))
-    rows = handlers.occlusion_rows(result, classes)
+    rows = wording.occlusion_rows(result, classes)
     assert rows[0] == ["mouth", "82% → 40%", "-42.0 points",
                        "matters a lot: without it the model is much less sure of happiness; it then sees neutral"]
     assert rows[1][3] == "matters a little: without it the model is a little less sure of happiness"
     assert rows[2][2] == "+0.4 points" and rows[2][3] == "hardly matters"
     assert rows[3][3].startswith("works a little against happiness")
     assert rows[4][3].startswith("works strongly against happiness")
-    summary = handlers.occlusion_summary(result, classes)
+    summary = wording.occlusion_summary(result, classes)
     assert "Blurring check for happiness** (82% on the whole face)" in summary
     assert "Blurring the mouth lowers happiness most, to 40%." in summary
     flat = OcclusionResult(1, 0.5, (RegionOcclusion("eyes", 0.49, -0.01, 1),))
-    assert "No single part lowers happiness by 2 points or more" in handlers.occlusion_summary(flat, classes)
+    assert "No single part lowers happiness by 2 points or more" in wording.occlusion_summary(flat, classes)
 
 
 def test_gradcam_follows_the_class_picker(predictor, monkeypatch):
@@ -564,14 +577,14 @@ def test_gradcam_follows_the_class_picker(predictor, monkeypatch):
     out = handlers.analyze(predictor, str(ASTRONAUT), True)
     face = out.session.faces[0]
     assert out.gradcam["visible"] and out.gradcam["label"] == f"Grad-CAM for {face.label} (the predicted expression)"
-    other = handlers.runner_up(face)
+    other = face_panel.runner_up(face)
+    expected = np.asarray(overlay(face.crop, predictor.gradcam_map(face, other))).astype(int)  # computed afresh
     calls = []
-    original = predictor.gradcam_map
-    monkeypatch.setattr(predictor, "gradcam_map", lambda f, name=None: calls.append(name) or original(f, name))
+    compute = predictor._gradcams
+    monkeypatch.setattr(predictor, "_gradcams", lambda faces, names: calls.extend(names) or compute(faces, names))
     view = handlers.select_face(predictor, out.session, 0, other, True)
     assert calls == [other] and view.gradcam["label"] == f"Grad-CAM for {other} (the expression picked above)"
     drawn = np.asarray(view.gradcam["value"])[:face.crop.height].astype(int)
-    expected = np.asarray(overlay(face.crop, original(face, other))).astype(int)
     assert np.abs(drawn - expected).max() <= 1  # the other class's own Grad-CAM, not the predicted one's
     assert not np.array_equal(np.asarray(view.gradcam["value"]), np.asarray(out.gradcam["value"]))
     assert "picked expression" in view.heat_legend

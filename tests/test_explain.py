@@ -74,7 +74,8 @@ def test_description_bank_encodes_each_description_without_its_class(model):
     with_class = [i for i, p in enumerate(model.hard_prompts) if p.description == first.text]
     trained = F.normalize(model.hard_text_features()[with_class].mean(0), dim=-1)
     assert not torch.allclose(bank.features[0], trained, atol=1e-3)
-    assert description_bank(model) is bank  # computed once per model
+    explainer = Explainer(model)  # one encoding for the explainer's lifetime, no module-level cache
+    assert explainer.bank is explainer.scorer.bank and len(explainer.bank.items) == len(bank.items)
 
 
 def test_class_heatmaps_share_one_scale_per_face(model, explainer):

@@ -50,8 +50,10 @@ def test_astronaut_gives_one_explained_face(predictor, count_forward):
     assert 150 < (x0 + x1) / 2 < 300 and 60 < (y0 + y1) / 2 < 200  # her face, upper middle of 512x512
     assert face.label in predictor.classes and face.label == max(face.probabilities, key=face.probabilities.get)
     assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert list(face.heatmaps) == list(predictor.classes)
-    for heat in face.heatmaps.values():
+    explanation = face.explanation  # one per face, filled from the same pass
+    assert explanation.classes == predictor.classes and explanation.label == face.label
+    for name in predictor.classes:
+        heat = explanation.heatmap(name)
         assert heat.shape == (224, 224) and 0.0 <= heat.min() and heat.max() <= 1.0
     assert face.crop.size == (224, 224) and face.crop.mode == "RGB"
     assert set(face.regions) <= set(REGION_NAMES) and {"mouth", "eyes", "brows"} <= set(face.regions)
@@ -73,7 +75,7 @@ def test_group_is_classified_in_one_batch(predictor, count_forward):
     # reading order: the top row left to right, then the bottom row
     assert [(f.box[1] > 400, f.box[0] > 400) for f in faces] == [(False, False), (False, True), (True, False), (True, True)]
     predictor.probe(faces[2], "wrinkled nose")
-    predictor.class_heatmap(faces[1], predictor.classes[3])
+    faces[1].explanation.heatmap(predictor.classes[3])
     assert count_forward == [4]  # probes and other classes reuse the pass
 
 
@@ -86,11 +88,11 @@ def test_results_match_the_model_on_the_same_crop(predictor):
 
 def test_fast_path_skips_descriptions(predictor):
     face = predictor.predict(ASTRONAUT, explain=False)[0]
-    assert list(face.heatmaps) == [face.label] and face.regions == {}
+    assert face.regions == {} and face.explanation.descriptions == {}
     other = predictor.classes[(predictor.classes.index(face.label) + 1) % len(predictor.classes)]
-    assert predictor.class_heatmap(face, other).shape == (224, 224)
+    assert face.explanation.heatmap(other).shape == (224, 224)  # every class map is still there
     with pytest.raises(ValueError):
-        predictor.class_heatmap(face, "boredom")
+        face.explanation.heatmap("boredom")
 
 
 def test_no_face_and_bad_input(predictor):
@@ -109,19 +111,52 @@ def test_gradcam_only_when_asked(predictor):
 
 def test_class_views_share_one_scale_and_show_the_logit_cells(predictor):
     face = predictor.predict(ASTRONAUT, explain=False)[0]
-    scale = predictor.heat_scale(face)
+    explanation = face.explanation
+    scale = explanation.scale
     assert (scale.low, scale.high) == pytest.approx((face.maps.min(), face.maps.max()))
-    heats = {c: predictor.class_heatmap(face, c) for c in predictor.classes}
-    assert np.allclose(heats[face.label], face.heatmaps[face.label])
+    heats = {c: explanation.heatmap(c) for c in predictor.classes}
+    drawn = predictor.explainer.class_heatmaps(torch.from_numpy(face.maps), 224)
+    assert all(np.allclose(heats[c], drawn[c], atol=1e-6) for c in predictor.classes)
     peaks = sorted(float(h.max()) for h in heats.values())
     assert peaks[-1] > 0.95 and peaks[0] < peaks[-1] - 0.05  # not every class stretched to its own range
-    cells = predictor.topk_cells(face)
+    cells = explanation.cells()
     assert cells.shape == predictor.model.grid and cells.sum() == predictor.model.config.topk
     other = predictor.classes[(predictor.classes.index(face.label) + 1) % len(predictor.classes)]
-    diff = predictor.contrast(face, face.label, other)
+    diff = explanation.contrast(face.label, other)
     index = predictor.classes.index
     assert np.allclose(diff, face.maps[index(face.label)] - face.maps[index(other)])
     assert predictor.gradcam_map(face, other).shape == (224, 224) and face.gradcam is None
+
+
+def test_a_decoded_picture_is_not_decoded_again(predictor, monkeypatch):
+    import mpafer.predictor as module
+    from mpafer.images import load_image
+
+    picture = load_image(GROUP)
+    decoded = []
+    monkeypatch.setattr(module, "load_image", lambda *a, **k: decoded.append(a) or load_image(*a, **k))
+    faces = predictor.predict_picture(picture, explain=False)
+    assert len(faces) == 4 and decoded == []  # taken as it is
+    assert [f.box for f in predictor.predict(GROUP, explain=False)] == [f.box for f in faces] and len(decoded) == 1
+
+
+def test_explain_fills_the_explanation_once(predictor, count_forward, monkeypatch):
+    face = predictor.predict(ASTRONAUT, explain=False)[0]
+    cams = []
+    compute = predictor._gradcams
+    monkeypatch.setattr(predictor, "_gradcams", lambda faces, names: cams.extend(names) or compute(faces, names))
+    other = next(c for c in predictor.classes if c != face.label)
+    explanation = predictor.explain(face, gradcam=[face.label, other], occlusion=True)
+    # the prediction, the occlusion batch (the face and six blurred copies), one Grad-CAM pass for both classes
+    assert explanation is face.explanation and count_forward == [1, 7, 2] and cams == [face.label, other]
+    assert explanation.occlusion.target == predictor.classes.index(face.label)
+    assert explanation.gradcam(other).shape == (224, 224) and face.gradcam is not None
+    assert set(explanation.gradcam_regions(other)) == set(face.region_masks)
+    predictor.explain(face, gradcam=other, occlusion=True)
+    predictor.explain(face, gradcam=True)
+    assert count_forward == [1, 7, 2] and cams == [face.label, other]  # nothing rerun
+    data = json.loads(json.dumps(face.to_dict()))
+    assert data["occlusion"]["target"] == face.label and set(data["gradcam_regions"]) == set(face.region_masks)
 
 
 def test_occlusion_is_one_forward_pass(predictor, count_forward):

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from mpafer.data import load_dataset  # noqa: E402
 from mpafer.dataset_faces import dataset_inputs, framed_region_masks  # noqa: E402
 from mpafer.description_calibration import fit_calibration, load_calibration  # noqa: E402
+from mpafer.description_bank import description_bank  # noqa: E402
 from mpafer.description_scores import DescriptionScorer, region_scores_of_faces  # noqa: E402
 from mpafer.faithfulness import (bootstrap_interval, curve_area, deletion_insertion_inputs, heat_order,  # noqa: E402
                                  randomized_prompts, spearman)
@@ -167,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     model, source, _ = resolve_model(args.checkpoint)
     calibration, calibration_source = get_calibration(model, source, args)
     random_model = randomized_prompts(model, seed=args.seed)
-    scorers = {m: DescriptionScorer(model, calibration, method=m) for m in DESCRIPTION_METHODS}
-    random_scorers = {m: DescriptionScorer(random_model, calibration, method=m) for m in DESCRIPTION_METHODS}
+    bank, random_bank = description_bank(model), description_bank(random_model)  # encoded once per model
+    scorers = {m: DescriptionScorer(model, calibration, method=m, bank=bank) for m in DESCRIPTION_METHODS}
+    random_scorers = {m: DescriptionScorer(random_model, calibration, method=m, bank=random_bank)
+                      for m in DESCRIPTION_METHODS}
     masks = framed_region_masks(model.image_size, model.grid, model.config.input)
     sigma = default_sigma(model.image_size)
     images = load_dataset(args.dataset, args.data, args.split, image_size=None).images[:args.limit]
