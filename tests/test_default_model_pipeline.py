@@ -26,12 +26,13 @@ def load_script(name: str):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    data = make_ferplus_pack(root / "ferplus", {"train": 4, "valid": 2, "test": 2})
+    # 32 faces a class: enough for the tiny tower to learn the generated classes in seconds (chance is 1/8)
+    data = make_ferplus_pack(root / "ferplus", {"train": 32, "valid": 4, "test": 4})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPAFER_CACHE", str(root / "cache"))
         stage0 = root / "stage0"
         assert load_script("pretrain_backbone").main([
-            "--data", str(data), "--out", str(stage0), "--model", "mpafer-face-minilm-tiny", "--epochs", "2",
+            "--data", str(data), "--out", str(stage0), "--model", "mpafer-face-minilm-tiny", "--epochs", "10",
             "--batch-size", "16", "--device", "cpu", "--cache-dir", str(root / "cache"), "--no-progress"]) == 0
         stage1 = root / "stage1"
         assert load_script("train").main([
@@ -48,7 +49,8 @@ def test_stage0_writes_a_loadable_backbone_folder(pipeline):
     backbone = load_backbone(f"local-dir:{pipeline['stage0']}")
     assert tuple(backbone.model.visual.grid_size) == (4, 4)
     summary = json.loads((pipeline["stage0"] / "pretrain_summary.json").read_text())
-    assert summary["epochs"] == 2 and 0.0 <= summary["best"]["valid_acc"] <= 1.0
+    assert summary["epochs"] == 10
+    assert summary["best"]["valid_acc"] >= 0.4, summary  # chance: 0.125
     assert backbone.mean != (0.48145466, 0.4578275, 0.40821073)  # FERPlus's own statistics
 
 
@@ -71,7 +73,8 @@ def test_evaluate_uses_the_bundle_as_default_model(pipeline):
                             capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
-    assert metrics["n"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["n"] == 32
+    assert metrics["accuracy"] >= 0.35, metrics  # stage 1 on the learnt backbone; chance: 0.125
 
 
 def test_ablation_table_runs_every_row(pipeline, tmp_path, monkeypatch):
