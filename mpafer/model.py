@@ -112,11 +112,14 @@ class MPAFER(nn.Module):
         self.logit_scale = float(scale)
         self.register_buffer("hard_class", torch.tensor([p.class_index for p in hard_prompts], dtype=torch.long),
                              persistent=False)
-        # fixed tensors computed from the frozen model; saved by mpafer.checkpoint, not by state_dict
+        # Fixed tensors computed from the frozen model; saved by mpafer.checkpoint, not by state_dict:
+        # prototypes (L_v's class means of image features) and the hard prompts' pooled text features.
         self.register_buffer("prototypes", torch.zeros(0), persistent=False)
         self.register_buffer("hard_text_cache", torch.zeros(0), persistent=False)
-        self._hard_token_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._text_cache: tuple[Any, TextFeatures] | None = None
+        # Recomputable, never saved: the hard prompts' per-token features (L_ta), and the soft prompts'
+        # class features keyed by the context's version (valid until the next optimiser step).
+        self._hard_token_features: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._soft_class_features: tuple[Any, TextFeatures] | None = None
 
     # ---- bookkeeping -------------------------------------------------------------------
     @property
@@ -180,7 +183,7 @@ class MPAFER(nn.Module):
     @torch.no_grad()
     def hard_token_features(self, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token frozen outputs of every hard prompt, for L_ta: (P, L, D) and mask (P, L)."""
-        if self._hard_token_cache is None or self._hard_token_cache[0].device != self.device:
+        if self._hard_token_features is None or self._hard_token_features[0].device != self.device:
             tokens = self.tokenizer([p.text for p in self.hard_prompts]).to(self.device)
             mask = content_mask(tokens, self.text.eos_id)
             length = int(mask.sum(1).max()) + 1
@@ -188,8 +191,8 @@ class MPAFER(nn.Module):
             for start in range(0, tokens.shape[0], batch_size):
                 _, per_token = self.text.encode_tokens(tokens[start:start + batch_size], return_tokens=True)
                 outputs.append(l2_normalize(per_token[:, :length]))
-            self._hard_token_cache = (torch.cat(outputs), mask[:, :length])
-        return self._hard_token_cache
+            self._hard_token_features = (torch.cat(outputs), mask[:, :length])
+        return self._hard_token_features
 
     def _soft_text(self, with_tokens: bool) -> TextFeatures:
         learner = self.text_prompts
@@ -207,11 +210,11 @@ class MPAFER(nn.Module):
             return self._soft_text(with_tokens)
         ctx = self.text_prompts.ctx
         key = (ctx._version, ctx.data_ptr(), ctx.device)  # optimiser steps bump _version
-        if self._text_cache is None or self._text_cache[0] != key:
+        if self._soft_class_features is None or self._soft_class_features[0] != key:
             # plain tensors even under inference_mode, so a later Grad-CAM pass may use the cache
             with torch.inference_mode(False), torch.no_grad():
-                self._text_cache = (key, self._soft_text(False))
-        return self._text_cache[1]
+                self._soft_class_features = (key, self._soft_text(False))
+        return self._soft_class_features[1]
 
     # ---- image side --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, prompted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
