@@ -82,10 +82,10 @@ def test_pretrained_weights_fail_fast_offline(source, tmp_path):
 
 
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch, tmp_path):
-    import mpafer.backbone as backbone_module
+    import mpafer.offline_weights as offline_weights
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(backbone_module, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(offline_weights, "hub_reachable", lambda *a, **k: False)
     start = time.perf_counter()
     with pytest.raises(BackboneError, match="cannot be reached"):
         load_backbone(BackboneConfig("ViT-B-16", pretrained="openai", cache_dir=str(tmp_path)))

@@ -218,9 +218,9 @@ def test_config_mistakes_are_clear_errors(workspace, tmp_path, capsys):
 def test_paper_config_fails_fast_offline_without_clip_weights(workspace, tmp_path, monkeypatch, capsys):
     import open_clip
 
-    from mpafer.backbone import _cached_weights
+    from mpafer.offline_weights import cached_weights
 
-    if _cached_weights(open_clip.get_pretrained_cfg("ViT-B-16", "openai"), None):
+    if cached_weights(open_clip.get_pretrained_cfg("ViT-B-16", "openai"), None):
         pytest.skip("the CLIP ViT-B/16 weights are cached here: the run would really start")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPAFER_CACHE", str(workspace["cache"]))
