@@ -22,6 +22,7 @@ from mpafer.augment import AugmentConfig
 from mpafer.backbone import HF_TEXT_PREFIX, BackboneConfig, build_from_config, save_model_folder, tokenizer_for
 from mpafer.cgla import cgla_scores
 from mpafer.data import load_dataset
+from mpafer.description_bank import DESCRIPTION_TEMPLATE
 from mpafer.descriptions import load_bank
 from mpafer.evaluate import batched_scores, classification_metrics
 from mpafer.precision import autocast
@@ -35,7 +36,6 @@ from training.engine.loop import Batch, Task
 WEIGHTS_FILE = "stage0_weights.safetensors"
 FIELDS = ("epoch", "lr", "loss", "ce", "ortho", "train_acc", "valid_acc", "valid_mean_class_acc",
           "logit_scale", "images_per_s", "seconds")
-DESCRIPTION_ONLY = "a photo of a face with {description}."
 
 
 def dataset_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -95,7 +95,7 @@ def training_texts(prompts, pool: str) -> tuple[list[str], list[int]]:
     if pool == "bank+descriptions":
         for p in prompts:
             if p.description:
-                texts.append(DESCRIPTION_ONLY.format(description=p.description))
+                texts.append(DESCRIPTION_TEMPLATE.format(description=p.description))
                 owners.append(p.class_index)
     return texts, owners
 
