@@ -12,7 +12,10 @@ PY=${PYTHON:-python}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}  # keep the 2 training threads on their cores
 
 # stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (65-85 minutes here)
-$PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-24}"
+# (a finished stage-0 folder is kept as it is: its pretrain_summary.json is written last)
+[ -s "$RUNS/stage0/pretrain_summary.json" ] || \
+    $PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-24}" \
+        --class-mean-weight "${STAGE0_CLASS_MEAN_WEIGHT:-1}"
 # stage 1: MPA-FER prompts on the frozen stage-0 backbone (CE + L_t + L_v, CGLA)
 $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DATA" --out "$RUNS/stage1" \
     --set "model.backbone.model_name=local-dir:$RUNS/stage0" --resume
@@ -22,6 +25,9 @@ $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DA
 $PY training/bundle_default_model.py "$RUNS/stage1/best" "$BUNDLE" --protocol "$RUNS/crop_protocol.json"
 # each description's score distribution over validation faces: calibrated region scores in the demo
 $PY training/calibrate_descriptions.py --data "$DATA" --checkpoint "$BUNDLE" --limit 1000
+# validation accuracy of the bundle: what a new default is compared with the old one on (never test)
+MPAFER_CHECKPOINT="$BUNDLE" $PY -m mpafer evaluate --dataset ferplus --data "$DATA" --split valid --json \
+    > "$RUNS/valid_metrics.json"
 # the model card's numbers, all from the bundle
 MPAFER_CHECKPOINT="$BUNDLE" $PY -m mpafer evaluate --dataset ferplus --data "$DATA" --split test --json \
     --confusion "$BUNDLE/confusion.png" > "$RUNS/test_metrics.json"
