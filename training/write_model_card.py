@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def class_mean_phrase(summary0: dict) -> str:
+    """Stage 0's second cross-entropy (against the class-mean bank prompts), as the run's command set it."""
+    match = re.search(r"--class-mean-weight[ =]([0-9.eE+-]+)", summary0.get("command", ""))
+    weight = float(match.group(1)) if match else float(summary0.get("class_mean_weight", 0.0) or 0.0)
+    if not weight:
+        return ""
+    return (f", plus {weight:g} x the same cross-entropy against each class's mean bank-prompt feature (the"
+            " classifier validation and stage 1 start from)")
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -136,7 +147,8 @@ def card(bundle: Path, runs: Path) -> str:
         " starts as the identity and is held near a rotation (orthogonality penalty), so MiniLM's neighbourhoods survive.",
         f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
         "cosine, batch 128, bf16 autocast, random resized crop / flip / erasing; CGLA-style logits against one sampled"
-        " text per class (bank prompts and class-free descriptions), soft-label cross-entropy. Best validation"
+        " text per class (bank prompts and class-free descriptions), soft-label cross-entropy"
+        f"{class_mean_phrase(summary0)}. Best validation"
         f" accuracy {pct(summary0.get('best', {}).get('valid_acc'))} (epoch {summary0.get('best', {}).get('epoch', '?')},"
         f" hard-prompt class means, zero-shot), {fastest:.0f} images/s in the fastest epoch, {slowest:.0f} in the"
         " slowest (the machine was shared with other jobs during some epochs: the minutes above include that).",
