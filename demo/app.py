@@ -47,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from demo.serving import (CONCURRENCY, atomic_image_cache, port_problem, private_temp_dir,  # noqa: E402
                           private_uploads, torch_threads)
+from mpafer.cli_types import whole_number  # noqa: E402
 
 EXAMPLES = [ROOT / "assets" / "examples" / name for name in ("astronaut.jpg", "group.jpg")]
 CACHE_EVERY_S, CACHE_AGE_S = 60, 300  # delete_cache: every minute, files older than 5 minutes
@@ -252,22 +253,12 @@ def build_app(predictor):
     return demo
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {value}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="MPA-FER Gradio demo")
     # hosts such as Hugging Face Spaces say where to listen through Gradio's own variables
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=_port, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+    parser.add_argument("--port", type=whole_number(1, 65535), default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="default 7860, or $GRADIO_SERVER_PORT")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--checkpoint", default=os.environ.get("MPAFER_CHECKPOINT") or None,

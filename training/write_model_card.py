@@ -25,9 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def class_mean_phrase(summary0: dict) -> str:
-    """Stage 0's second cross-entropy (against the class-mean bank prompts), as the run's command set it."""
-    match = re.search(r"--class-mean-weight[ =]([0-9.eE+-]+)", summary0.get("command", ""))
-    weight = float(match.group(1)) if match else float(summary0.get("class_mean_weight", 0.0) or 0.0)
+    """Stage 0's second cross-entropy (against the class-mean bank prompts), as the run set it; summaries
+    written before the key existed name it only in their command."""
+    weight = summary0.get("class_mean_weight")
+    if weight is None:
+        match = re.search(r"--class-mean-weight[ =]([0-9.eE+-]+)", summary0.get("command", ""))
+        weight = float(match.group(1)) if match else 0.0
     if not weight:
         return ""
     return (f", plus {weight:g} x the same cross-entropy against each class's mean bank-prompt feature (the"

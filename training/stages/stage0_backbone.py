@@ -262,6 +262,6 @@ class BackboneTask(Task):
         summary = {"model": s["model"], "best": best, "epochs": s["epochs"], "images": len(self.data),
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
                    "precision": s["precision"], "threads": torch.get_num_threads(), "half": s["half"],
-                   "seed": s["seed"], "command": " ".join(sys.argv)}
+                   "seed": s["seed"], "class_mean_weight": s["class_mean_weight"], "command": " ".join(sys.argv)}
         (self.out / "pretrain_summary.json").write_text(json.dumps({**summary, "history": rows}, indent=2))
         print(json.dumps(summary), flush=True)
