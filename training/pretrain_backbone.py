@@ -70,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="weight of a second cross-entropy against each class's mean bank-prompt feature: "
                              "the zero-shot classifier evaluation and stage 1 start from")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16 autocast (CPUs with AVX-512-BF16 or AMX, and GPUs) or plain fp32")
+                        help="bf16 autocast (CPUs with AVX-512-BF16 or AMX, and GPUs; float32 with a "
+                             "warning elsewhere) or plain fp32")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--limit-per-class", type=int, default=None, help="use at most N training images per class")

@@ -25,7 +25,7 @@ from mpafer.data import load_dataset
 from mpafer.description_bank import DESCRIPTION_TEMPLATE
 from mpafer.descriptions import load_bank
 from mpafer.evaluate import batched_scores, classification_metrics
-from mpafer.precision import autocast
+from mpafer.precision import autocast, effective_precision
 from mpafer.prompts import class_means, visual_features
 
 from training.engine.config import ConfigError
@@ -254,14 +254,14 @@ class BackboneTask(Task):
 
     def describe(self) -> str:
         return (f"stage 0: {self.s['model']}, {sum(p.numel() for p in self.parameters().values()) / 1e6:.2f} M "
-                f"trainable parameters, {len(self.texts)} texts, {self.size} px, {self.s['precision']}, "
+                f"trainable parameters, {len(self.texts)} texts, {self.size} px, {effective_precision(self.ctx.device, self.s['precision'])}, "
                 f"{torch.get_num_threads()} threads")
 
     def finish(self, best: dict, rows: list[dict]) -> None:
         s = self.s
         summary = {"model": s["model"], "best": best, "epochs": s["epochs"], "images": len(self.data),
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
-                   "precision": s["precision"], "threads": torch.get_num_threads(), "half": s["half"],
+                   "precision": effective_precision(self.ctx.device, s["precision"]), "threads": torch.get_num_threads(), "half": s["half"],
                    "seed": s["seed"], "class_mean_weight": s["class_mean_weight"], "command": " ".join(sys.argv)}
         (self.out / "pretrain_summary.json").write_text(json.dumps({**summary, "history": rows}, indent=2))
         print(json.dumps(summary), flush=True)

@@ -65,7 +65,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "eval_batch_size": 256,
         "tta_flip": False,  # mirror test-time augmentation in validation and test
         "log_every": 10,  # steps between progress-bar updates (each one syncs the GPU)
-        "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU), bf16 (also fast on AVX-512-BF16 CPUs), fp32
+        "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU), bf16 (native bf16 only, else fp32), fp32
     },
     "augment": AugmentConfig().to_dict(),
 }
