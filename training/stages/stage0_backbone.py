@@ -135,6 +135,8 @@ class BackboneTask(Task):
 
     def __init__(self, settings: dict, ctx: Dist, resume_from: Path | None):
         self.s, self.ctx, self.out = settings, ctx, Path(settings["out"])
+        # what "bf16" means on this device (float32 where bf16 would be emulated); settings keep the request
+        self.precision = effective_precision(ctx.device, settings["precision"])
         device = ctx.device
         torch.manual_seed(settings["seed"])
         self.model_cfg = open_clip.get_model_config(settings["model"])
@@ -214,7 +216,7 @@ class BackboneTask(Task):
     def loss(self, batch: Batch):
         s, targets = self.s, self.data.targets[batch.index]
         text = F.normalize(self.proj(self.pooled_text[self.sampler(batch.generator).to(self.ctx.device)]), dim=-1)
-        features = image_features(self.model, batch.images, s["precision"])
+        features = image_features(self.model, batch.images, self.precision)
         logits = scaled_scores(self.model, features, text, s["topk"])
         ce = F.cross_entropy(logits, targets)
         if s["class_mean_weight"]:
@@ -237,9 +239,9 @@ class BackboneTask(Task):
             with torch.no_grad():
                 text = self.class_mean_text()
             scores = batched_scores(
-                lambda x: scaled_scores(model, image_features(model, x, s["precision"]), text, s["topk"]),
+                lambda x: scaled_scores(model, image_features(model, x, self.precision), text, s["topk"]),
                 self.valid.images, self.size, self.mean, self.std, self.ctx.device, batch_size=512, tta_flip=True,
-                precision=s["precision"], progress=False)
+                precision=self.precision, progress=False)
         finally:
             self.train_mode()
         metrics = classification_metrics(self.valid.labels.cpu().numpy(), scores.argmax(-1).numpy(),
@@ -254,14 +256,14 @@ class BackboneTask(Task):
 
     def describe(self) -> str:
         return (f"stage 0: {self.s['model']}, {sum(p.numel() for p in self.parameters().values()) / 1e6:.2f} M "
-                f"trainable parameters, {len(self.texts)} texts, {self.size} px, {effective_precision(self.ctx.device, self.s['precision'])}, "
+                f"trainable parameters, {len(self.texts)} texts, {self.size} px, {self.precision}, "
                 f"{torch.get_num_threads()} threads")
 
     def finish(self, best: dict, rows: list[dict]) -> None:
         s = self.s
         summary = {"model": s["model"], "best": best, "epochs": s["epochs"], "images": len(self.data),
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
-                   "precision": effective_precision(self.ctx.device, s["precision"]), "threads": torch.get_num_threads(), "half": s["half"],
+                   "precision": self.precision, "threads": torch.get_num_threads(), "half": s["half"],
                    "seed": s["seed"], "class_mean_weight": s["class_mean_weight"], "command": " ".join(sys.argv)}
         (self.out / "pretrain_summary.json").write_text(json.dumps({**summary, "history": rows}, indent=2))
         print(json.dumps(summary), flush=True)
