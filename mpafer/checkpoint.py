@@ -1,6 +1,7 @@
 """Checkpoints: a folder with ``mpafer.safetensors`` (tensors) and ``mpafer.json`` (everything else).
 
-Tensors: the learnable prompts, the class prototypes, and the cached hard-prompt features.
+Tensors: the learnable prompts, the class prototypes, the cached hard-prompt features, and (with
+text_anchor) the soft prompts' fixed offset to the hard prompts' ensemble.
 JSON: the model config, the classes and hard prompts (so a checkpoint stands alone when the
 bank file changes), and the backbone's identity: name, weights source and a fingerprint of
 the frozen weights. Loading checks that fingerprint, so prompts are never silently applied
@@ -26,7 +27,8 @@ FORMAT = "mpafer-checkpoint"
 VERSION = 1
 TENSORS_FILE = "mpafer.safetensors"
 CONFIG_FILE = "mpafer.json"
-_FIXED = {"prototypes": "prototypes", "hard_text_features": "hard_text_cache"}
+_FIXED = {"prototypes": "prototypes", "hard_text_features": "hard_text_cache",
+          "text_anchor_offset": "text_anchor_offset"}
 
 
 class CheckpointError(RuntimeError):
@@ -169,6 +171,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     for key, attribute in _FIXED.items():
         if key in tensors:
             setattr(model, attribute, tensors[key].to(device))
+    if config.text_anchor and config.use_text_prompts and \
+            tuple(model.text_anchor_offset.shape) != (len(classes), model.embed_dim):
+        raise CheckpointError(f"{folder}: the config anchors the soft prompts to the hard prompts (text_anchor) "
+                              f"but the tensors hold no ({len(classes)}, {model.embed_dim}) text_anchor_offset")
     if model.hard_text_cache.numel() and model.hard_text_cache.shape[0] != len(hard):
         raise CheckpointError(f"{folder}: {model.hard_text_cache.shape[0]} cached hard-prompt features "
                               f"for {len(hard)} hard prompts")

@@ -107,4 +107,5 @@ def randomized_prompts(model: MPAFER, seed: int = 0) -> MPAFER:
     fresh = fresh.to(model.device)
     fresh.prototypes = model.prototypes
     fresh.hard_text_cache = model.hard_text_cache
+    fresh.text_anchor_offset = model.text_anchor_offset  # the anchor is fixed, not learnt: kept
     return fresh.eval()

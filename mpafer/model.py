@@ -30,6 +30,9 @@ class MPAFERConfig:
     ctx_init: str | None = None
     class_specific_ctx: bool = False
     use_text_prompts: bool = True  # False: class features are the hard prompts' mean (zero-shot)
+    # True: the soft prompts learn a residual on the hard prompts' ensemble, so stage 1 starts exactly at
+    # the zero-shot classifier instead of at one template's (lower) features
+    text_anchor: bool = False
     visual_prompt_tokens: int = 8
     visual_prompt_depth: int = 8  # first K blocks; -1 = every block
     topk: int = 16
@@ -116,6 +119,8 @@ class MPAFER(nn.Module):
         # prototypes (L_v's class means of image features) and the hard prompts' pooled text features.
         self.register_buffer("prototypes", torch.zeros(0), persistent=False)
         self.register_buffer("hard_text_cache", torch.zeros(0), persistent=False)
+        # text_anchor's fixed (C, D) offset: the ensemble minus the soft prompts' initial class features
+        self.register_buffer("text_anchor_offset", torch.zeros(0), persistent=False)
         # Recomputable, never saved: the hard prompts' per-token features (L_ta), and the soft prompts'
         # class features keyed by the context's version (valid until the next optimiser step).
         self._hard_token_features: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -194,12 +199,32 @@ class MPAFER(nn.Module):
             self._hard_token_features = (torch.cat(outputs), mask[:, :length])
         return self._hard_token_features
 
+    def anchor_text_prompts(self) -> torch.Tensor:
+        """Fix text_anchor's offset from the soft prompts as they are now (their initial values):
+        from here on the class features are normalise(soft + offset), which equals the ensemble now."""
+        learner = self.text_prompts
+        if learner is None:
+            raise ValueError("text_anchor needs the soft text prompts (use_text_prompts=True)")
+        with torch.inference_mode(False), torch.no_grad():  # inference_mode(False) alone re-enables grad
+            soft = l2_normalize(self.text.encode_embeddings(learner(), learner.tokens).float())
+            self.text_anchor_offset = (self.hard_class_features().float() - soft).to(self.device)
+        return self.text_anchor_offset
+
+    def _anchored(self, pooled: torch.Tensor) -> torch.Tensor:
+        if not self.config.text_anchor:
+            return pooled
+        if self.text_anchor_offset.numel() == 0:
+            raise ValueError("text_anchor is on but its offset is not set: call model.anchor_text_prompts() "
+                             "before training (create_model does), or load a checkpoint that stores it")
+        return l2_normalize(pooled + self.text_anchor_offset.to(pooled.dtype))
+
     def _soft_text(self, with_tokens: bool) -> TextFeatures:
         learner = self.text_prompts
         pooled, per_token = self.text.encode_embeddings(learner(), learner.tokens, return_tokens=True)
+        pooled = self._anchored(l2_normalize(pooled))
         if not with_tokens:
-            return TextFeatures(l2_normalize(pooled))
-        return TextFeatures(l2_normalize(pooled), l2_normalize(per_token[:, :learner.length]), learner.token_mask)
+            return TextFeatures(pooled)
+        return TextFeatures(pooled, l2_normalize(per_token[:, :learner.length]), learner.token_mask)
 
     def class_text_features(self, with_tokens: bool = False) -> TextFeatures:
         """Class features from the soft prompts, cached while the context does not change."""
@@ -259,4 +284,7 @@ def create_model(config: MPAFERConfig, backbone: Backbone | None = None, device:
     """The factory: a config (and optionally an already-loaded backbone) in, an MPA-FER model out."""
     backbone = backbone or load_backbone(config.backbone, device=device)
     classes, prompt_names, hard = resolve_classes(config)
-    return MPAFER(config, backbone, classes, prompt_names, hard).to(device)
+    model = MPAFER(config, backbone, classes, prompt_names, hard).to(device)
+    if config.text_anchor and config.use_text_prompts:
+        model.anchor_text_prompts()
+    return model

@@ -93,3 +93,22 @@ def test_bundled_local_backbone_travels_with_the_checkpoint(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_checkpoint(moved)(images).logits, model(images).logits)
+
+
+def test_text_anchor_round_trips_and_a_missing_offset_is_named(tiny_config, tmp_path):
+    tiny_config.text_anchor = True
+    model = trained(create_model(tiny_config))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images).logits
+    folder = save_checkpoint(model, tmp_path / "ck")
+    loaded = load_checkpoint(folder)
+    assert torch.equal(loaded.text_anchor_offset, model.text_anchor_offset)
+    with torch.no_grad():
+        assert torch.equal(loaded(images).logits, before)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(folder / "mpafer.safetensors"))
+    del tensors["text_anchor_offset"]
+    save_file(tensors, str(folder / "mpafer.safetensors"))
+    with pytest.raises(CheckpointError, match="text_anchor_offset"):
+        load_checkpoint(folder)

@@ -153,3 +153,34 @@ def test_caches_made_under_inference_mode_still_serve_gradients(tiny_model):
     out = tiny_model(images)
     out.logits[0, 0].backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
+
+
+def test_text_anchor_starts_at_the_hard_prompt_ensemble_and_still_learns(tiny_config):
+    tiny_config.text_anchor = True
+    tiny_config.loss.gamma = 0.0
+    model = create_model(tiny_config).train()
+    hard = model.hard_class_features()
+    torch.testing.assert_close(model.class_text_features().features, hard)  # stage 1 starts at zero-shot
+    plain = create_model(MPAFERConfig(backbone=tiny_config.backbone, n_ctx=4, topk=4, visual_prompt_tokens=0))
+    assert not torch.allclose(plain.class_text_features().features, hard)  # one template's features differ
+    offset = model.text_anchor_offset.clone()
+    optimizer = torch.optim.Adam([model.text_prompts.ctx], lr=0.05)
+    images, labels = batch(8)
+    for _ in range(3):
+        terms = mpafer_loss(model, model(images), labels)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+    with torch.no_grad():
+        moved = model.class_text_features().features
+    assert not torch.allclose(moved, hard), "the anchored soft prompts must still learn"
+    torch.testing.assert_close(moved.norm(dim=-1), torch.ones(8))
+    assert torch.equal(model.text_anchor_offset, offset), "the anchor is fixed, not learnt"
+
+
+def test_text_anchor_without_its_offset_is_a_clear_error(tiny_config):
+    tiny_config.text_anchor = True
+    model = create_model(tiny_config)
+    model.text_anchor_offset = torch.zeros(0)
+    with pytest.raises(ValueError, match="anchor_text_prompts"):
+        model.class_text_features()

@@ -75,3 +75,29 @@ def test_the_folder_holds_no_text_tower_weights_and_loads(pack, tmp_path):
     gram = proj @ proj.t()
     assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=0.05)  # still (close to) a rotation
     assert tuple(backbone.model.visual.grid_size) == (4, 4)
+
+
+def test_init_from_continues_a_finished_folder_and_refuses_another_architecture(pack, tmp_path, capsys):
+    from mpafer.backbone import load_backbone
+
+    data, root = pack
+    assert run(load_stage0(), data, tmp_path / "first", root / "cache") == 0
+    first = load_backbone(f"local-dir:{tmp_path / 'first'}")
+    # a learning rate of zero: the second run's parameters are the first run's, bit for bit (only the
+    # stem's batch-norm statistics move, as in any training epoch)
+    assert run(load_stage0(), data, tmp_path / "second", root / "cache",
+               ("--init-from", str(tmp_path / "first"), "--lr", "0", "--text-lr", "0", "--weight-decay", "0")) == 0
+    a = load_file(str(tmp_path / "first" / "open_clip_model.safetensors"))
+    b = load_file(str(tmp_path / "second" / "open_clip_model.safetensors"))
+    assert a.keys() == b.keys()
+    fixed = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(fixed) > 10 and all(torch.equal(a[k], b[k]) for k in fixed)
+    summary = json.loads((tmp_path / "second" / "pretrain_summary.json").read_text())
+    assert summary["init_fingerprint"] == first.fingerprint and summary["init_from"] == str(tmp_path / "first")
+
+    config = tmp_path / "first" / "open_clip_config.json"
+    other = json.loads(config.read_text())
+    other["model_cfg"]["vision_cfg"]["layers"] += 1
+    config.write_text(json.dumps(other))
+    assert run(load_stage0(), data, tmp_path / "third", root / "cache", ("--init-from", str(tmp_path / "first"))) == 2
+    assert "another architecture" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def bundle(checkpoint: Path, out: Path, half: bool = True, protocol: dict | None
         raise SystemExit(f"the checkpoint's backbone is {source}; only a local-dir: backbone can be bundled")
     source_dir = Path(source[len("local-dir:"):])
     config = json.loads((source_dir / "open_clip_config.json").read_text())
+    if source_dir.resolve().is_relative_to(out.resolve()):  # out is replaced below: never read from it
+        raise SystemExit(f"the checkpoint's backbone {source_dir} lies inside {out}: bundle into another folder, "
+                         f"then move it into place")
     if out.exists():
         shutil.rmtree(out)
     backbone_dir = out / "backbone"

@@ -15,6 +15,9 @@ the FERPlus vote distribution. Text features of the frozen tower are computed on
 
     python training/pretrain_backbone.py --data ../shared/data/ferplus --out runs/stage0
 
+``--init-from runs/stage0`` starts a further run (its own schedule, e.g. a few epochs at a lower
+peak learning rate) from a finished stage-0 folder instead of a random image tower.
+
 Re-running the same command continues an interrupted run from its last finished epoch (``last/``),
 exactly (same seed, same weights); other settings in the same folder are refused. The best epoch
 on the validation split is the model folder itself (``--out``), a 'local-dir:' open_clip model
@@ -45,7 +48,7 @@ from training.stages.stage0_backbone import BackboneTask  # noqa: E402
 
 # what a resumed run must share with the run it continues (the rest may change: --no-progress ...)
 HASHED = ("model", "bank", "text_pool", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "topk",
-          "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight")
+          "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight", "init_from")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N validation images")
     parser.add_argument("--half", action="store_true", help="save the model folder as float16 (halves the file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--init-from", default=None, metavar="FOLDER",
+                        help="start from a finished stage-0 model folder of the same --model (a second, shorter "
+                             "cosine cycle on an earlier run's weights) instead of a random image tower")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     return parser.parse_args(argv)

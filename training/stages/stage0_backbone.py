@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from mpafer.augment import AugmentConfig
-from mpafer.backbone import HF_TEXT_PREFIX, BackboneConfig, build_from_config, save_model_folder, tokenizer_for
+from mpafer.backbone import (HF_TEXT_PREFIX, BackboneConfig, build_from_config, load_backbone, save_model_folder,
+                             tokenizer_for)
 from mpafer.cgla import cgla_scores
 from mpafer.data import load_dataset
 from mpafer.description_bank import DESCRIPTION_TEMPLATE
@@ -148,6 +149,7 @@ class BackboneTask(Task):
         with torch.no_grad():  # start as the identity: the joint space is MiniLM's own
             proj.weight.copy_(torch.eye(*proj.weight.shape))
         proj.weight.requires_grad_(True)
+        self.init_fingerprint = self.init_from(settings["init_from"]) if settings.get("init_from") else None
         self.size = model.visual.image_size[0]
         tokenizer = tokenizer_for(model, BackboneConfig(settings["model"]))  # the one the frozen backbone will use
 
@@ -181,6 +183,22 @@ class BackboneTask(Task):
         if resume_from is not None:
             self.restore(resume_from)
         self.train_mode()
+
+    def init_from(self, folder: str) -> str:
+        """Copy a finished stage-0 folder's weights (image tower, text projection, logit scale) into the
+        model; the frozen text tower must be the same one. Returns the folder's weight fingerprint."""
+        path = Path(folder).expanduser()
+        if not (path / "open_clip_config.json").is_file():
+            raise ConfigError(f"--init-from {path}: not a stage-0 model folder (no open_clip_config.json)")
+        saved_cfg = json.loads((path / "open_clip_config.json").read_text()).get("model_cfg")
+        if saved_cfg != self.model_cfg:
+            raise ConfigError(f"--init-from {path} holds another architecture than --model {self.s['model']}: "
+                              f"start from a folder trained with the same model config")
+        start = load_backbone(BackboneConfig(f"local-dir:{path}"))  # its text tower: verified, identical files
+        with torch.no_grad():
+            for name, value in start.model.state_dict().items():
+                self.model.state_dict()[name].copy_(value)
+        return start.fingerprint
 
     # ---- saved state -------------------------------------------------------------------
     def save_weights(self, folder: Path, epoch: int) -> None:
@@ -264,6 +282,9 @@ class BackboneTask(Task):
         summary = {"model": s["model"], "best": best, "epochs": s["epochs"], "images": len(self.data),
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
                    "precision": self.precision, "threads": torch.get_num_threads(), "half": s["half"],
-                   "seed": s["seed"], "class_mean_weight": s["class_mean_weight"], "command": " ".join(sys.argv)}
+                   "seed": s["seed"], "class_mean_weight": s["class_mean_weight"],
+                   "lr": s["lr"], "warmup_epochs": s["warmup_epochs"],
+                   "init_from": s.get("init_from"), "init_fingerprint": self.init_fingerprint,
+                   "command": " ".join(sys.argv)}
         (self.out / "pretrain_summary.json").write_text(json.dumps({**summary, "history": rows}, indent=2))
         print(json.dumps(summary), flush=True)
