@@ -3,6 +3,7 @@
     python training/bench_face_latency.py                          # the bundled default model
     python training/bench_face_latency.py --checkpoint PATH
     python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights
+    python training/bench_face_latency.py --profile                # and where the time goes (torch.profiler)
 
 Timed per run, as ``Predictor`` does it: a 224x224 RGB face crop (PIL, the demo's crop size) ->
 the model's input protocol (resize to its input size, grey if it says so, normalise) -> prompted
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print one JSON object (what the model card reads)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's table of where the timed runs spent their CPU time")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
@@ -62,6 +65,11 @@ def main(argv=None) -> int:
                 predictor.forward(predictor.preprocess([crop]))
                 if run >= args.warmup:
                     times.append((time.perf_counter() - start) * 1000)
+            if args.profile:  # separate runs: the profiler's overhead stays out of the timings above
+                with torch.profiler.profile() as profiler:
+                    for _ in range(args.runs):
+                        predictor.forward(predictor.preprocess([crop]))
+                print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
     finally:
         predictor.close()
     times.sort()

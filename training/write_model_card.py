@@ -2,13 +2,12 @@
 
     python training/write_model_card.py --bundle assets/models/mpafer-ferplus-default --runs runs
 
-Reads what ``training/make_default_model.sh`` left in ``--runs``: stage0/ (and stage0b/, stage 0's second
-cycle) pretrain_metrics.csv and pretrain_summary.json, stage1/metrics.csv, test_metrics.json (``python -m mpafer evaluate --json``
+Reads what ``training/make_default_model.sh`` left in ``--runs``: stage0/pretrain_metrics.csv and
+pretrain_summary.json, stage1/metrics.csv, test_metrics.json (``python -m mpafer evaluate --json``
 on the bundle), paraphrases.json, crop_protocol.json, and pipeline.json when present
 (``training/crop_protocol.py pipeline --json``). Every number on the card comes from those files, except
-with ``--first-cycle-from CARD``: when the (first) stage-0 run's folder is gone (a new stage 1 on the previous
-bundle's backbone, or a second cycle continued from it with ``--init-from``), its line is carried, marked as
-such, from the previous bundle's card.
+with ``--carry-stage0-from CARD``: a new stage 1 on the previous bundle's backbone, whose stage-0 run folder
+is gone, carries stage 0's line (marked as carried) and training-set size from the previous bundle's card.
 """
 from __future__ import annotations
 
@@ -51,14 +50,8 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else None
 
 
-def plot_curves(stage0: list[dict], stage1: list[dict], out: Path, second_cycle: list[dict] = (),
-                first_cycle_epochs: int | None = None) -> None:
-    """Stage 0's epochs (its second cycle numbered on after the first) beside stage 1's."""
+def plot_curves(stage0: list[dict], stage1: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    offset = first_cycle_epochs if first_cycle_epochs is not None else len(stage0)
-    stage0 = list(stage0) + [{**r, "epoch": int(r["epoch"]) + offset} for r in second_cycle]
-    if second_cycle:
-        axes[0].axvline(offset + 0.5, color="black", lw=0.8, ls=":", label="second cycle starts")
     if stage0:
         epochs = [int(r["epoch"]) for r in stage0]
         axes[0].plot(epochs, [float(r["train_acc"]) for r in stage0], label="train (augmented, vote argmax)")
@@ -91,57 +84,38 @@ def pct(value) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f} %"
 
 
-def carried_first_cycle(card_path: Path | None) -> str | None:
-    """The Stage 0 line of an earlier card (the bundle a second stage-0 cycle continued)."""
-    if card_path is None or not card_path.is_file():
-        return None
-    for line in card_path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("* **Stage 0**") or line.startswith("* **Stage 0, first cycle**"):
-            return line
-    return None
+CARRIED = " (carried from the previous bundle's card, whose stage 0 this bundle reuses: its run folder was not kept)"
 
 
-def carried_minutes_and_epochs(line: str | None) -> tuple[float, int | None]:
-    match = re.search(r"\((\d+) epochs, ([0-9.]+) min", line or "")
-    return (float(match.group(2)), int(match.group(1))) if match else (0.0, None)
+def carried_stage0(card_path: Path | None) -> dict:
+    """Stage 0's line, minutes and training-set size from an earlier card; {} without one."""
+    text = card_path.read_text(encoding="utf-8") if card_path and card_path.is_file() else ""
+    line = next((l for l in text.splitlines() if l.startswith("* **Stage 0**")), None)
+    if line is None:
+        return {}
+    line = line.replace(CARRIED, "")  # a card that was itself carried
+    minutes = re.search(r"\(\d+ epochs, ([0-9.]+) min", line)
+    images = re.search(r"the (\d+) majority-labelled faces", text)
+    return {"line": line + CARRIED, "minutes": float(minutes.group(1)) if minutes else 0.0,
+            "images": int(images.group(1)) if images else None}
 
 
-def run_setting(summary: dict, key: str):
-    """A stage-0 setting from its summary, or (summaries written before the key existed) its command line."""
-    if key in summary:
-        return f"{summary[key]:g}"
-    match = re.search(rf"--{key.replace('_', '-')}[ =]([0-9.eE+-]+)", summary.get("command", ""))
-    return f"{float(match.group(1)):g}" if match else "?"
-
-
-def second_cycle_line(summary: dict) -> str:
-    best = summary.get("best", {})
-    return (f"* **Stage 0, second cycle** ({summary.get('epochs', '?')} epochs, {summary.get('train_seconds', 0) / 60:.1f}"
-            f" min, {summary.get('precision', '?')}): the same objective from the first cycle's weights"
-            f" (`--init-from`), a new warmup ({run_setting(summary, 'warmup_epochs')} epochs) + cosine cycle at peak learning"
-            f" rate {run_setting(summary, 'lr')}. Best validation accuracy {pct(best.get('valid_acc'))} (epoch"
-            f" {best.get('epoch', '?')} of the cycle, hard-prompt class means, zero-shot).")
-
-
-def machine_line(summary0: dict, first_minutes: float, second: dict, stage1_minutes: float) -> str:
+def machine_line(summary0: dict, stage0_minutes: float, stage1_minutes: float) -> str:
     import torch  # the card is written where the chain ran: say what that CPU computes natively
 
-    native = torch.cpu._is_avx512_bf16_supported()
-    here = "AVX-512-BF16: bf16 autocast" if native else "AVX2, no native bfloat16: float32"
-    total = first_minutes + second.get("train_seconds", 0) / 60 + stage1_minutes
-    what = "stage 0 + stage 1" if not second else "both stage-0 cycles + stage 1"
-    # a carried stage-0 line comes from the earlier bundles, all trained on the AVX-512-BF16 machine
-    first = "; the carried stage-0 run ran on a 2-thread AVX-512-BF16 CPU in bf16" if not summary0 else ""
-    return (f"* **Machine**: {summary0.get('threads', second.get('threads', 2))}-thread x86-64 CPU ({here}), no GPU"
-            f"{first}; {what} {total:.1f} minutes of training (epoch time, evaluation excluded).")
+    here = ("AVX-512-BF16: bf16 autocast" if torch.cpu._is_avx512_bf16_supported()
+            else "AVX2, no native bfloat16: float32")
+    # the carried stage 0 is the earlier bundles', trained on the AVX-512-BF16 machine (its line says bf16)
+    carried = "" if summary0 else "; the carried stage 0 ran on a 2-thread AVX-512-BF16 CPU in bf16"
+    return (f"* **Machine**: {summary0.get('threads', 2)}-thread x86-64 CPU ({here}), no GPU{carried}; stage 0 +"
+            f" stage 1 {stage0_minutes + stage1_minutes:.1f} minutes of training (epoch time, evaluation excluded).")
 
 
-def card(bundle: Path, runs: Path, first_cycle_card: Path | None = None) -> str:
+def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
     meta = json.loads((bundle / "mpafer.json").read_text())
     backbone_cfg = json.loads((bundle / "backbone" / "open_clip_config.json").read_text())["model_cfg"]
     summary0 = read_json(runs / "stage0" / "pretrain_summary.json") or {}
-    second = read_json(runs / "stage0b" / "pretrain_summary.json") or {}
-    carried = None if summary0 else carried_first_cycle(first_cycle_card)
+    carried = {} if summary0 else carried_stage0(stage0_card)
     stage1 = read_csv(runs / "stage1" / "metrics.csv")
     test = read_json(runs / "test_metrics.json") or {}
     paraphrases = read_json(runs / "paraphrases.json")
@@ -150,19 +124,18 @@ def card(bundle: Path, runs: Path, first_cycle_card: Path | None = None) -> str:
     latency = read_json(runs / "latency.json")
     protocol = meta["config"]["input"]
     size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file() and p.suffix != ".png") / 1e6
-    stage0_minutes = summary0.get("train_seconds", 0) / 60 if summary0 else carried_minutes_and_epochs(carried)[0]
+    stage0_minutes = summary0.get("train_seconds", 0) / 60 if summary0 else carried.get("minutes", 0.0)
     stage1_minutes = sum(float(r["epoch_seconds"]) for r in stage1) / 60
     vision = backbone_cfg["vision_cfg"]
     speeds = [float(r["images_per_s"]) for r in summary0.get("history", [])] or [0.0]
     fastest, slowest = max(speeds), min(speeds)
     best_row = max(stage1, key=lambda r: float(r["val_accuracy"])) if stage1 else {}
     best1, best1_epoch = best_row.get("val_accuracy"), best_row.get("epoch", "?")
-    cycle = ", first cycle" if second else ""
     anchor = (", anchored to the hard prompts' ensemble: the class features start at the zero-shot classifier"
               if meta["config"].get("text_anchor") else "")
     if summary0 or not carried:
         stage0_lines = [
-            f"* **Stage 0{cycle}** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
+            f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
             "cosine, batch 128, bf16 autocast, random resized crop / flip / erasing; CGLA-style logits against one sampled"
             " text per class (bank prompts and class-free descriptions), soft-label cross-entropy"
             f"{class_mean_phrase(summary0)}. Best validation"
@@ -171,11 +144,7 @@ def card(bundle: Path, runs: Path, first_cycle_card: Path | None = None) -> str:
             " slowest (the machine was shared with other jobs during some epochs: the minutes above include that).",
         ]
     else:
-        stage0_lines = [carried.replace("* **Stage 0**", f"* **Stage 0{cycle}**", 1)
-                        + " (this line is carried from the previous bundle's card, whose stage 0 this bundle"
-                        " reuses: that run's folder was not kept)"]
-    if second:
-        stage0_lines.append(second_cycle_line(second))
+        stage0_lines = [carried["line"]]
     lines = [
         "# mpafer-ferplus-default",
         "",
@@ -217,7 +186,7 @@ def card(bundle: Path, runs: Path, first_cycle_card: Path | None = None) -> str:
         "",
         "## Recipe",
         "",
-        f"* **Data**: FERPlus train (FER2013 48 x 48 grey web faces, FER+ crowd votes), the {summary0.get('images', second.get('images', '?'))}"
+        f"* **Data**: FERPlus train (FER2013 48 x 48 grey web faces, FER+ crowd votes), the {summary0.get('images', carried.get('images', '?'))}"
         " majority-labelled faces; targets are the vote distributions with single votes dropped (FERPlus's own"
         " outlier rule). Checkpoints chosen on the validation split; the test split was used for nothing but this card.",
         f"* **Image tower** (trained): VGG-style stem (double 3 x 3 convs, widths "
@@ -233,7 +202,7 @@ def card(bundle: Path, runs: Path, first_cycle_card: Path | None = None) -> str:
         f" parameters (CoOp context from \"a photo of a face that looks\"{anchor}, 8 visual prompts in every block), loss"
         f" CE + beta L_t + gamma L_v (beta = {meta['config']['loss']['beta']}, gamma = {meta['config']['loss']['gamma']}),"
         f" CGLA with top-{meta['config']['topk']} patches. Best validation accuracy {pct(best1)} (epoch {best1_epoch}).",
-        machine_line(summary0, stage0_minutes, second, stage1_minutes),
+        machine_line(summary0, stage0_minutes, stage1_minutes),
         "* **Command**: `bash training/make_default_model.sh ../shared/data/ferplus` (resumable).",
         f"* **Bundle**: {size_mb:.1f} MB (image tower and projection in float16, prompts, prototypes, cached text"
         " features); the MiniLM weights are not copied: they are verified and loaded from the installed package.",
@@ -272,16 +241,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--runs", type=Path, required=True)
-    parser.add_argument("--first-cycle-from", type=Path, default=None, metavar="CARD",
-                        help="an earlier card (README.md) to carry the first stage-0 cycle's line from, when its run "
-                             "folder is gone")
+    parser.add_argument("--carry-stage0-from", type=Path, default=None, metavar="CARD",
+                        help="the previous bundle's card (README.md): stage 0's line when --runs has no stage0/ "
+                             "(a new stage 1 on the previous bundle's backbone)")
     args = parser.parse_args(argv)
-    first_epochs = None
-    if not (args.runs / "stage0" / "pretrain_summary.json").is_file():
-        first_epochs = carried_minutes_and_epochs(carried_first_cycle(args.first_cycle_from))[1]
-    text = card(args.bundle, args.runs, args.first_cycle_from)  # before the plot: the card may sit in the bundle
+    text = card(args.bundle, args.runs, args.carry_stage0_from)  # read before writing: CARD may be the bundle's own
     plot_curves(read_csv(args.runs / "stage0" / "pretrain_metrics.csv"), read_csv(args.runs / "stage1" / "metrics.csv"),
-                args.bundle / "curves.png", read_csv(args.runs / "stage0b" / "pretrain_metrics.csv"), first_epochs)
+                args.bundle / "curves.png")
     (args.bundle / "README.md").write_text(text, encoding="utf-8")
     print(f"wrote {args.bundle / 'README.md'} and {args.bundle / 'curves.png'}")
     return 0

@@ -195,9 +195,7 @@ class BackboneTask(Task):
             raise ConfigError(f"--init-from {path} holds another architecture than --model {self.s['model']}: "
                               f"start from a folder trained with the same model config")
         start = load_backbone(BackboneConfig(f"local-dir:{path}"))  # its text tower: verified, identical files
-        with torch.no_grad():
-            for name, value in start.model.state_dict().items():
-                self.model.state_dict()[name].copy_(value)
+        self.model.load_state_dict(start.model.state_dict())  # copies in place: requires_grad flags stay
         return start.fingerprint
 
     # ---- saved state -------------------------------------------------------------------
