@@ -66,10 +66,13 @@ def main(argv=None) -> int:
                 if run >= args.warmup:
                     times.append((time.perf_counter() - start) * 1000)
             if args.profile:  # separate runs: the profiler's overhead stays out of the timings above
-                with torch.profiler.profile() as profiler:
+                with torch.profiler.profile(record_shapes=True) as profiler:
                     for _ in range(args.runs):
                         predictor.forward(predictor.preprocess([crop]))
-                print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
+                # per input shape: each layer's time, so its FLOP rate can be read against the CPU's peak
+                print(profiler.key_averages(group_by_input_shape=True).table(
+                    sort_by="self_cpu_time_total", row_limit=16, max_name_column_width=28,
+                    max_shapes_column_width=64), file=sys.stderr)
     finally:
         predictor.close()
     times.sort()
