@@ -100,13 +100,17 @@ def carried_stage0(card_path: Path | None) -> dict:
             "images": int(images.group(1)) if images else None}
 
 
-def machine_line(summary0: dict, stage0_minutes: float, stage1_minutes: float) -> str:
-    import torch  # the card is written where the chain ran: say what that CPU computes natively
+def machine_line(summary0: dict, carried_line: str, stage0_minutes: float, stage1_minutes: float) -> str:
+    import torch
 
-    here = ("AVX-512-BF16: bf16 autocast" if torch.cpu._is_avx512_bf16_supported()
-            else "AVX2, no native bfloat16: float32")
-    # the carried stage 0 is the earlier bundles', trained on the AVX-512-BF16 machine (its line says bf16)
-    carried = "" if summary0 else "; the carried stage 0 ran on a 2-thread AVX-512-BF16 CPU in bf16"
+    from mpafer.precision import native_bf16  # the card is written where the chain ran
+
+    here = torch.backends.cpu.get_cpu_capability() + (", native bfloat16: bf16 autocast" if native_bf16("cpu")
+                                                      else ", no native bfloat16: float32")
+    # a carried stage 0 ran elsewhere: its own line says in which precision
+    carried = ""
+    if not summary0 and carried_line:
+        carried = "; the carried stage 0 ran in " + ("bf16" if "bf16 autocast" in carried_line else "float32")
     return (f"* **Machine**: {summary0.get('threads', 2)}-thread x86-64 CPU ({here}), no GPU{carried}; stage 0 +"
             f" stage 1 {stage0_minutes + stage1_minutes:.1f} minutes of training (epoch time, evaluation excluded).")
 
@@ -136,7 +140,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
     if summary0 or not carried:
         stage0_lines = [
             f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
-            "cosine, batch 128, bf16 autocast, random resized crop / flip / erasing; CGLA-style logits against one sampled"
+            f"cosine, batch 128, {'float32' if summary0.get('precision') == 'fp32' else 'bf16 autocast'}, random resized crop / flip / erasing; CGLA-style logits against one sampled"
             " text per class (bank prompts and class-free descriptions), soft-label cross-entropy"
             f"{class_mean_phrase(summary0)}. Best validation"
             f" accuracy {pct(summary0.get('best', {}).get('valid_acc'))} (epoch {summary0.get('best', {}).get('epoch', '?')},"
@@ -202,7 +206,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
         f" parameters (CoOp context from \"a photo of a face that looks\"{anchor}, 8 visual prompts in every block), loss"
         f" CE + beta L_t + gamma L_v (beta = {meta['config']['loss']['beta']}, gamma = {meta['config']['loss']['gamma']}),"
         f" CGLA with top-{meta['config']['topk']} patches. Best validation accuracy {pct(best1)} (epoch {best1_epoch}).",
-        machine_line(summary0, stage0_minutes, stage1_minutes),
+        machine_line(summary0, carried.get("line", ""), stage0_minutes, stage1_minutes),
         "* **Command**: `bash training/make_default_model.sh ../shared/data/ferplus` (resumable).",
         f"* **Bundle**: {size_mb:.1f} MB (image tower and projection in float16, prompts, prototypes, cached text"
         " features); the MiniLM weights are not copied: they are verified and loaded from the installed package.",
