@@ -6,7 +6,8 @@ on a CPU, the safe choice on an unknown machine). "bf16" falls back to float32, 
 where the hardware has no native bfloat16: on an AVX2-only CPU autocast emulates it, and a
 stage-0 step took 25 s instead of 1.7 s in float32 (2-core AMD EPYC without AVX-512).
 On a CPU the attention kernel is pinned to the plain-math one: at ~150 tokens the flash kernel's
-bf16 backward was most of a training step when profiled on the 2-core development machine.
+bf16 backward was most of a training step when profiled on the 2-core development machine. (Under bf16
+the image tower's blocks skip SDPA altogether: ``mpafer.cpu_attention``.)
 """
 from __future__ import annotations
 

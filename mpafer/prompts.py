@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
+from .cpu_attention import run_block
+
 
 class TextEncoder:
     """A view of the frozen text tower of a ``CLIP`` or ``CustomTextCLIP`` (built-in transformer)."""
@@ -194,7 +196,7 @@ def visual_features(visual: nn.Module, images: torch.Tensor,
         if extra is not None:
             x = torch.cat([x, extra], dim=1)
         if batch_first:
-            x = block(x)
+            x = run_block(block, x)  # the block itself, or its bf16 CPU attention under autocast
         else:
             x = block(x.transpose(0, 1)).transpose(0, 1)
         if extra is not None:

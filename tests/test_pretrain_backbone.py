@@ -101,3 +101,26 @@ def test_init_from_continues_a_finished_folder_and_refuses_another_architecture(
     config.write_text(json.dumps(other))
     assert run(load_stage0(), data, tmp_path / "third", root / "cache", ("--init-from", str(tmp_path / "first"))) == 2
     assert "another architecture" in capsys.readouterr().err
+
+
+def test_text_to_image_term_reads_the_images_side_that_image_to_text_ignores():
+    from training.stages.stage0_backbone import text_to_image_ce
+
+    targets = torch.eye(4)[:3]  # three images of classes 0, 1, 2; class 3 absent from the batch
+    logits = 5 * torch.eye(4)[:3]
+    base = text_to_image_ce(logits, targets)
+    assert torch.isfinite(base) and base < 0.02  # each text ranks its image first; the absent class is left out
+    # one image nearer every text: image-to-text cross-entropy cannot see it, this term can
+    shifted = logits.clone()
+    shifted[2] += 3.0
+    image_to_text = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(image_to_text(shifted, targets), image_to_text(logits, targets))
+    assert text_to_image_ce(shifted, targets) > base + 0.05
+    # a class text scoring all images alike higher changes nothing (softmax over images)
+    column = logits.clone()
+    column[:, 1] += 4.0
+    torch.testing.assert_close(text_to_image_ce(column, targets), base)
+    # vote shares as targets: an image with half a vote for class 0 shares that text's mass
+    soft = torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0]])
+    assert text_to_image_ce(torch.tensor([[4.0, 0, 0, 0], [4.0, 4.0, 0, 0]]), soft) < text_to_image_ce(
+        torch.tensor([[4.0, 0, 0, 0], [-4.0, 4.0, 0, 0]]), soft)

@@ -11,11 +11,11 @@ BUNDLE=${BUNDLE:-assets/models/mpafer-ferplus-default}
 PY=${PYTHON:-python}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}  # keep the 2 training threads on their cores
 
-# stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (65-85 minutes here)
+# stage 0: the compact image tower against frozen all-MiniLM-L6-v2 (about 67 minutes here, 2026-12-06)
 # (a finished stage-0 folder is kept as it is: its pretrain_summary.json is written last)
 [ -s "$RUNS/stage0/pretrain_summary.json" ] || \
     $PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-24}" \
-        --class-mean-weight "${STAGE0_CLASS_MEAN_WEIGHT:-1}"
+        --class-mean-weight "${STAGE0_CLASS_MEAN_WEIGHT:-1}" --text-image-weight "${STAGE0_TEXT_IMAGE_WEIGHT:-0}"
 # stage 1: MPA-FER prompts on the frozen stage-0 backbone (CE + L_t + L_v, CGLA)
 $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DATA" --out "$RUNS/stage1" \
     --set "model.backbone.model_name=local-dir:$RUNS/stage0" --resume

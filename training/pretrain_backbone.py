@@ -11,7 +11,10 @@ paraphrase the bank never used ("a big grin") still lands next to "smiling".
 Objective: each step samples one hard prompt per class (coarse, face-level or one LLM
 description) and scores every image against those C texts the way CGLA does at inference,
 scale * (cos(global, text) + mean of the top-k patch-to-text cosines); cross-entropy against
-the FERPlus vote distribution. Text features of the frozen tower are computed once.
+the FERPlus vote distribution. With ``--text-image-weight``, also CLIP's second direction on the
+global feature: each sampled class text against the batch's images, so that a class's faces come
+first for its texts (what the paraphrase probe reads: image-to-text cross-entropy alone leaves every
+face free to sit nearer all face sentences at once). Text features of the frozen tower are computed once.
 
     python training/pretrain_backbone.py --data ../shared/data/ferplus --out runs/stage0
 
@@ -48,7 +51,8 @@ from training.stages.stage0_backbone import BackboneTask  # noqa: E402
 
 # what a resumed run must share with the run it continues (the rest may change: --no-progress ...)
 HASHED = ("model", "bank", "text_pool", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "topk",
-          "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight", "init_from")
+          "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight",
+          "text_image_weight", "init_from")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--class-mean-weight", type=float, default=0.0,
                         help="weight of a second cross-entropy against each class's mean bank-prompt feature: "
                              "the zero-shot classifier evaluation and stage 1 start from")
+    parser.add_argument("--text-image-weight", type=float, default=0.0,
+                        help="weight of the text-to-image cross-entropy (each sampled class text against the "
+                             "batch's images, on the global feature): CLIP's second direction, which ranks a "
+                             "class's faces first for its texts, as the paraphrase probe reads them")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16 autocast (CPUs with AVX-512-BF16 or AMX, and GPUs; float32 with a "
                              "warning elsewhere) or plain fp32")

@@ -39,6 +39,15 @@ def class_mean_phrase(summary0: dict) -> str:
             " classifier validation and stage 1 start from)")
 
 
+def text_image_phrase(summary0: dict) -> str:
+    """Stage 0's text-to-image cross-entropy, as the run set it (absent from older summaries: none)."""
+    weight = summary0.get("text_image_weight") or 0.0
+    if not weight:
+        return ""
+    return (f", plus {weight:g} x the text-to-image cross-entropy on the global feature (each sampled class text picks"
+            " its class's faces out of the batch: CLIP's second direction)")
+
+
 def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -142,7 +151,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
             f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
             f"cosine, batch 128, {'float32' if summary0.get('precision') == 'fp32' else 'bf16 autocast'}, random resized crop / flip / erasing; CGLA-style logits against one sampled"
             " text per class (bank prompts and class-free descriptions), soft-label cross-entropy"
-            f"{class_mean_phrase(summary0)}. Best validation"
+            f"{class_mean_phrase(summary0)}{text_image_phrase(summary0)}. Best validation"
             f" accuracy {pct(summary0.get('best', {}).get('valid_acc'))} (epoch {summary0.get('best', {}).get('epoch', '?')},"
             f" hard-prompt class means, zero-shot), {fastest:.0f} images/s in the fastest epoch, {slowest:.0f} in the"
             " slowest (the machine was shared with other jobs during some epochs: the minutes above include that).",

@@ -35,7 +35,7 @@ from training.engine.distributed import Dist
 from training.engine.loop import Batch, Task
 
 WEIGHTS_FILE = "stage0_weights.safetensors"
-FIELDS = ("epoch", "lr", "loss", "ce", "ortho", "train_acc", "valid_acc", "valid_mean_class_acc",
+FIELDS = ("epoch", "lr", "loss", "ce", "text_image", "ortho", "train_acc", "valid_acc", "valid_mean_class_acc",
           "logit_scale", "images_per_s", "seconds")
 
 
@@ -118,8 +118,26 @@ def image_features(model, images: torch.Tensor, precision: str) -> tuple[torch.T
     return F.normalize(features.pooled.float(), dim=-1), F.normalize(features.patches.float(), dim=-1)
 
 
+def logit_scale(model) -> torch.Tensor:
+    return model.logit_scale.exp().clamp(max=100)
+
+
 def scaled_scores(model, features: tuple[torch.Tensor, torch.Tensor], text: torch.Tensor, topk: int):
-    return model.logit_scale.exp().clamp(max=100) * cgla_scores(*features, text, topk).combined()
+    return logit_scale(model) * cgla_scores(*features, text, topk).combined()
+
+
+def text_to_image_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CLIP's second direction: each class text picks its class's images out of the batch.
+
+    Image-to-text cross-entropy is blind to a per-image offset (adding a constant to all of one
+    image's scores changes nothing), so the faces of one class can sit nearer every face sentence
+    and win any unseen text by mean cosine (the paraphrase probe). Here, per class present in the
+    batch, a softmax over the images of its scores (B, C), against that class's vote shares
+    normalised over the batch."""
+    mass = targets.sum(0)
+    present = mass > 0
+    shares = targets[:, present] / mass[present]
+    return -(shares * logits[:, present].float().log_softmax(0)).sum(0).mean()
 
 
 def stage0_tag(key: str) -> str | None:
@@ -128,7 +146,7 @@ def stage0_tag(key: str) -> str | None:
 
 class BackboneTask(Task):
     name = "stage 0"
-    loss_terms = ("loss", "ce", "ortho")
+    loss_terms = ("loss", "ce", "text_image", "ortho")
     best_keys = ("valid_acc", "valid_mean_class_acc")
     metrics_file = "pretrain_metrics.csv"
     metric_fields = FIELDS
@@ -233,14 +251,18 @@ class BackboneTask(Task):
         s, targets = self.s, self.data.targets[batch.index]
         text = F.normalize(self.proj(self.pooled_text[self.sampler(batch.generator).to(self.ctx.device)]), dim=-1)
         features = image_features(self.model, batch.images, self.precision)
-        logits = scaled_scores(self.model, features, text, s["topk"])
+        scores = cgla_scores(*features, text, s["topk"])
+        logits = logit_scale(self.model) * scores.combined()
         ce = F.cross_entropy(logits, targets)
+        # on the global feature: what probes, descriptions and prototypes read
+        text_image = text_to_image_ce(logit_scale(self.model) * scores.global_scores, targets)
         if s["class_mean_weight"]:
             # the sampled texts keep descriptions aligned by content; the class means are what is evaluated
             ce = ce + s["class_mean_weight"] * F.cross_entropy(
                 scaled_scores(self.model, features, self.class_mean_text(), s["topk"]), targets)
         ortho = orthogonality(self.proj.weight)
-        terms = {"loss": ce + s["ortho_weight"] * ortho, "ce": ce, "ortho": ortho}
+        loss = ce + s["text_image_weight"] * text_image + s["ortho_weight"] * ortho
+        terms = {"loss": loss, "ce": ce, "text_image": text_image, "ortho": ortho}
         return terms, (logits.argmax(-1) == targets.argmax(-1)).sum()
 
     def class_mean_text(self) -> torch.Tensor:
@@ -266,6 +288,7 @@ class BackboneTask(Task):
 
     def row(self, epoch: int, lr: float, result: dict, validation: dict) -> dict:
         return {"epoch": epoch, "lr": lr, "loss": result["train_loss"], "ce": result["train_ce"],
+                "text_image": result["train_text_image"],
                 "ortho": result["train_ortho"], "train_acc": result["train_accuracy"], **validation,
                 "logit_scale": float(self.model.logit_scale.detach().exp().clamp(max=100)),
                 "images_per_s": result["images_per_s"], "seconds": result["epoch_seconds"]}
@@ -281,6 +304,7 @@ class BackboneTask(Task):
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
                    "precision": self.precision, "threads": torch.get_num_threads(), "half": s["half"],
                    "seed": s["seed"], "class_mean_weight": s["class_mean_weight"],
+                   "text_image_weight": s["text_image_weight"],
                    "lr": s["lr"], "warmup_epochs": s["warmup_epochs"],
                    "init_from": s.get("init_from"), "init_fingerprint": self.init_fingerprint,
                    "command": " ".join(sys.argv)}
