@@ -80,6 +80,17 @@ def probe(model, images: np.ndarray, labels: np.ndarray, classes: list[str], tem
     return rows
 
 
+def generic_offsets(model, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Per class: the mean cosine of its faces with the mean of the bank's prompt features (the generic
+    "a photo of a face ..." direction). Unseen texts lie mostly along that direction, so the class that
+    sits furthest along it wins them by plain mean cosine whatever they say: the probe's hub."""
+    features = image_features(model, images)
+    generic = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(model.hard_text_features().float().cpu(), dim=-1).mean(0), dim=0)
+    cosines, labels_t = features @ generic, torch.as_tensor(labels)
+    return {c: float(cosines[labels_t == i].mean()) for i, c in enumerate(classes) if (labels_t == i).any()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="FERPlus pack folder")
@@ -88,6 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--paraphrases", type=Path, default=PARAPHRASES)
     parser.add_argument("--scoring", choices=("cosine", "centred"), default="cosine",
                         help="plain mean cosine (default), or with both sides centred (see probe())")
+    parser.add_argument("--offsets", action="store_true",
+                        help="also each class's mean cosine with the generic face-sentence direction (see "
+                             "generic_offsets): the per-class offset that decides plain-cosine landings")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     model, source, untrained = resolve_model(args.checkpoint)
@@ -98,9 +112,11 @@ def main(argv=None) -> int:
         raise SystemExit("the model's classes are not FERPlus's, in FERPlus's order")
     rows = probe(model, data.images, data.labels, list(data.classes), template, paraphrases, args.scoring)
     hits = sum(r["correct"] for r in rows)
+    offsets = generic_offsets(model, data.images, data.labels, list(data.classes)) if args.offsets else None
     if args.json:
         print(json.dumps({"model": source, "untrained": untrained, "split": args.split, "n_faces": len(data),
-                          "template": template, "scoring": args.scoring, "correct": hits, "total": len(rows), "rows": rows}, indent=1))
+                          "template": template, "scoring": args.scoring, "correct": hits, "total": len(rows),
+                          "rows": rows, **({"generic_offsets": offsets} if offsets else {})}, indent=1))
         return 0
     print(f"model: {source}{' (UNTRAINED)' if untrained else ''}; FERPlus {args.split}, {len(data)} faces; "
           f"template {template!r}, scoring {args.scoring}")
@@ -108,6 +124,9 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['text']} | {r['intended']} | {r['landed']} | {'yes' if r['correct'] else 'no'} |")
     print(f"\n{hits} of {len(rows)} paraphrases land on their class")
+    if offsets:
+        print("mean cosine of each class's faces with the generic face-sentence direction: "
+              + ", ".join(f"{c} {v:+.3f}" for c, v in offsets.items()))
     return 0
 
 
