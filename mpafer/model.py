@@ -33,6 +33,11 @@ class MPAFERConfig:
     # True: the soft prompts learn a residual on the hard prompts' ensemble, so stage 1 starts exactly at
     # the zero-shot classifier instead of at one template's (lower) features
     text_anchor: bool = False
+    # True: the generic face-sentence direction (the hard prompts' mean feature) is projected out of the
+    # global image feature. Unseen texts lie mostly along it, so without this the class whose faces sit
+    # furthest along it wins free text by mean cosine; for the class scores it is nearly a constant
+    # (training/generic_direction_check.py measures both). Patch features are left as they are.
+    generic_direction_out: bool = False
     visual_prompt_tokens: int = 8
     visual_prompt_depth: int = 8  # first K blocks; -1 = every block
     topk: int = 16
@@ -245,7 +250,15 @@ class MPAFER(nn.Module):
     def encode_image(self, images: torch.Tensor, prompted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, D) global and (B, N, D) patch features; prompted=False is the frozen CLIP."""
         features = visual_features(self.clip.visual, images, self.visual_prompts if prompted else None)
-        return l2_normalize(features.pooled), l2_normalize(features.patches)
+        pooled = l2_normalize(features.pooled)
+        if self.config.generic_direction_out:
+            direction = self.generic_direction()
+            pooled = l2_normalize(pooled - (pooled @ direction)[:, None] * direction)
+        return pooled, l2_normalize(features.patches)
+
+    def generic_direction(self) -> torch.Tensor:
+        """(D,) the unit mean of the hard prompts' unit features: what every face sentence shares."""
+        return l2_normalize(l2_normalize(self.hard_text_features()).mean(0))
 
     def similarity_maps(self, patch_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """(B, N, D) patches x (T, D) texts -> (B, T, H, W) maps: where each text matches the face."""

@@ -184,3 +184,33 @@ def test_text_anchor_without_its_offset_is_a_clear_error(tiny_config):
     model.text_anchor_offset = torch.zeros(0)
     with pytest.raises(ValueError, match="anchor_text_prompts"):
         model.class_text_features()
+
+
+def test_generic_direction_out_levels_global_features_and_survives_a_checkpoint(tiny_config, tmp_path):
+    from mpafer.checkpoint import load_checkpoint, save_checkpoint
+
+    images, _ = batch(4)
+    torch.manual_seed(0)
+    kept = create_model(tiny_config).eval()
+    config = copy.deepcopy(tiny_config)  # the model keeps its config object
+    config.generic_direction_out = True
+    torch.manual_seed(0)
+    out = create_model(config).eval()
+    with torch.no_grad():
+        g_kept, p_kept = kept.encode_image(images)
+        g_out, p_out = out.encode_image(images)
+        g_frozen, _ = out.encode_image(images, prompted=False)
+    direction = out.generic_direction()
+    assert abs(float(direction.norm()) - 1) < 1e-5
+    assert (g_kept @ direction).abs().max() > 1e-3  # a random tower is not level along it by chance
+    assert (g_out @ direction).abs().max() < 1e-5 and (g_frozen @ direction).abs().max() < 1e-5
+    torch.testing.assert_close(g_out.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(p_out, p_kept)  # patches (local term, maps) unchanged
+    # what is left of the feature is the same: only the component along the direction went
+    rest = g_kept - (g_kept @ direction)[:, None] * direction
+    torch.testing.assert_close(g_out, rest / rest.norm(dim=-1, keepdim=True))
+    save_checkpoint(out, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.generic_direction_out
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(images)[0], g_out)
