@@ -44,7 +44,7 @@ def test_generic_offsets_are_each_class_mean_cosine_with_the_mean_bank_sentence(
     images = np.random.default_rng(0).integers(0, 256, (6, size, size, 3), dtype=np.uint8)
     labels = np.array([0, 0, 1, 1, 1, 3])
     classes = list(tiny_model.classes)
-    offsets = generic_offsets(tiny_model, images, labels, classes)
+    offsets = generic_offsets(tiny_model, image_features(tiny_model, images), labels, classes)
     assert list(offsets) == [classes[0], classes[1], classes[3]]  # classes without faces are left out
     generic = torch.nn.functional.normalize(tiny_model.hard_text_features().float(), dim=-1).mean(0)
     cosines = image_features(tiny_model, images) @ (generic / generic.norm())

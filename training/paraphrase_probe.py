@@ -51,7 +51,7 @@ def image_features(model, images: np.ndarray, batch_size: int = 512) -> torch.Te
 
 
 def probe(model, images: np.ndarray, labels: np.ndarray, classes: list[str], template: str,
-          paraphrases: list[dict], scoring: str = "cosine") -> list[dict]:
+          paraphrases: list[dict], scoring: str = "cosine", features: torch.Tensor | None = None) -> list[dict]:
     """Per paraphrase: the mean score with each class's faces, the class it lands on, and whether
     that is the intended one.
 
@@ -60,7 +60,7 @@ def probe(model, images: np.ndarray, labels: np.ndarray, classes: list[str], tem
     direction every face and every face sentence share: with plain cosines the faces of one
     class can sit nearer that common direction and win for most texts (chosen on validation).
     """
-    features = image_features(model, images)
+    features = image_features(model, images) if features is None else features  # (N, D), from image_features
     texts = [template.format(text=p["text"]) for p in paraphrases]
     text = model.encode_text(texts).float().cpu()
     if scoring == "centred":
@@ -80,11 +80,10 @@ def probe(model, images: np.ndarray, labels: np.ndarray, classes: list[str], tem
     return rows
 
 
-def generic_offsets(model, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
+def generic_offsets(model, features: torch.Tensor, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Per class: the mean cosine of its faces with the mean of the bank's prompt features (the generic
     "a photo of a face ..." direction). Unseen texts lie mostly along that direction, so the class that
     sits furthest along it wins them by plain mean cosine whatever they say: the probe's hub."""
-    features = image_features(model, images)
     generic = torch.nn.functional.normalize(
         torch.nn.functional.normalize(model.hard_text_features().float().cpu(), dim=-1).mean(0), dim=0)
     cosines, labels_t = features @ generic, torch.as_tensor(labels)
@@ -110,9 +109,10 @@ def main(argv=None) -> int:
     order = [list(model.classes).index(c) for c in data.classes]
     if order != list(range(len(order))):
         raise SystemExit("the model's classes are not FERPlus's, in FERPlus's order")
-    rows = probe(model, data.images, data.labels, list(data.classes), template, paraphrases, args.scoring)
+    features = image_features(model, data.images)  # once, for the probe and the offsets
+    rows = probe(model, data.images, data.labels, list(data.classes), template, paraphrases, args.scoring, features)
     hits = sum(r["correct"] for r in rows)
-    offsets = generic_offsets(model, data.images, data.labels, list(data.classes)) if args.offsets else None
+    offsets = generic_offsets(model, features, data.labels, list(data.classes)) if args.offsets else None
     if args.json:
         print(json.dumps({"model": source, "untrained": untrained, "split": args.split, "n_faces": len(data),
                           "template": template, "scoring": args.scoring, "correct": hits, "total": len(rows),

@@ -254,8 +254,9 @@ class BackboneTask(Task):
         scores = cgla_scores(*features, text, s["topk"])
         logits = logit_scale(self.model) * scores.combined()
         ce = F.cross_entropy(logits, targets)
-        # on the global feature: what probes, descriptions and prototypes read
-        text_image = text_to_image_ce(logit_scale(self.model) * scores.global_scores, targets)
+        # on the global feature: what probes, descriptions and prototypes read (only when it is trained on)
+        text_image = (text_to_image_ce(logit_scale(self.model) * scores.global_scores, targets)
+                      if s["text_image_weight"] else ce.new_zeros(()))
         if s["class_mean_weight"]:
             # the sampled texts keep descriptions aligned by content; the class means are what is evaluated
             ce = ce + s["class_mean_weight"] * F.cross_entropy(
