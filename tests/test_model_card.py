@@ -49,6 +49,7 @@ def test_a_new_stage1_on_the_previous_backbone_carries_stage0_from_the_previous_
     assert "carried from the previous bundle's card" in card
     assert "the 25057 majority-labelled faces" in card
     assert "anchored to the hard prompts' ensemble" in card
+    assert "generic face-sentence direction" not in card  # the option is off in this bundle
     assert "88.9 minutes of training" in card  # 82.9 carried + 6.0 of stage 1
     assert (bundle / "curves.png").stat().st_size > 1000
 
@@ -65,3 +66,17 @@ def test_a_card_written_inside_its_own_bundle_can_carry_its_old_self(tmp_path):
     card = (bundle / "README.md").read_text()
     assert "* **Stage 0** (10 epochs, 30.0 min): first. (carried" in card
     assert card.count("carried from the previous bundle's card") == 1
+
+
+def test_the_card_says_when_the_generic_direction_is_projected_out(tmp_path):
+    writer = load_script(ROOT / "training" / "write_model_card.py")
+    bundle, runs = fake_bundle(tmp_path / "bundle"), tmp_path / "runs"
+    meta = json.loads((bundle / "mpafer.json").read_text())
+    meta["config"]["generic_direction_out"] = True
+    (bundle / "mpafer.json").write_text(json.dumps(meta))
+    stage1_run(runs)
+    (tmp_path / "old.md").write_text("* **Stage 0** (24 epochs, 82.9 min): first.\n")
+    assert writer.main(["--bundle", str(bundle), "--runs", str(runs), "--carry-stage0-from",
+                        str(tmp_path / "old.md")]) == 0
+    assert "the generic face-sentence direction (the hard prompts' mean) is projected out" in (
+        bundle / "README.md").read_text()

@@ -4,6 +4,7 @@
     python training/bench_face_latency.py --checkpoint PATH
     python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights
     python training/bench_face_latency.py --profile                # and where the time goes (torch.profiler)
+    python training/bench_face_latency.py --precision bf16         # under bf16 autocast (Predictor runs float32)
 
 Timed per run, as ``Predictor`` does it: a 224x224 RGB face crop (PIL, the demo's crop size) ->
 the model's input protocol (resize to its input size, grey if it says so, normalise) -> prompted
@@ -29,6 +30,7 @@ from mpafer.backbone import BackboneConfig  # noqa: E402
 from mpafer.checkpoint import load_checkpoint  # noqa: E402
 from mpafer.defaults import default_checkpoint  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
+from mpafer.precision import PRECISIONS, autocast, effective_precision  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
 
 
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (what Predictor does) or bf16 autocast, to measure what it would gain")
     parser.add_argument("--json", action="store_true", help="print one JSON object (what the model card reads)")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's table of where the timed runs spent their CPU time")
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     crop = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
     times = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast("cpu", args.precision):
             for run in range(args.warmup + args.runs):
                 start = time.perf_counter()
                 predictor.forward(predictor.preprocess([crop]))
@@ -80,11 +84,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"model": source, "image_size": model.image_size, "grey": protocol.grey,
                           "tta_flip": protocol.tta_flip, "threads": args.threads, "runs": args.runs,
+                          "precision": effective_precision("cpu", args.precision),
                           "cpu": torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX-512 differ ~2.5x here
                           "median_ms": round(statistics.median(times), 3),
                           "p10_ms": round(times[len(times) // 10], 3), "p90_ms": round(times[9 * len(times) // 10], 3)}))
         return 0
-    print(f"{source}: {model.image_size} px, grey {protocol.grey}, flip TTA {protocol.tta_flip}, {args.threads} threads, {args.runs} runs: median "
+    print(f"{source}: {model.image_size} px, grey {protocol.grey}, flip TTA {protocol.tta_flip}, "
+          f"{effective_precision('cpu', args.precision)}, {args.threads} threads, {args.runs} runs: median "
           f"{statistics.median(times):.2f} ms per face (p10 {times[len(times) // 10]:.2f}, "
           f"p90 {times[9 * len(times) // 10]:.2f})")
     return 0

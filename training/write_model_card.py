@@ -146,6 +146,9 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
     best1, best1_epoch = best_row.get("val_accuracy"), best_row.get("epoch", "?")
     anchor = (", anchored to the hard prompts' ensemble: the class features start at the zero-shot classifier"
               if meta["config"].get("text_anchor") else "")
+    generic_out = ("; the generic face-sentence direction (the hard prompts' mean) is projected out of the global image"
+                   " feature, so an unseen sentence is not won by whichever class sits furthest along it"
+                   if meta["config"].get("generic_direction_out") else "")
     if summary0 or not carried:
         stage0_lines = [
             f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
@@ -214,7 +217,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
         f"* **Stage 1** ({len(stage1)} epochs, {stage1_minutes:.1f} min): {meta['num_learnable']:,} learnable"
         f" parameters (CoOp context from \"a photo of a face that looks\"{anchor}, 8 visual prompts in every block), loss"
         f" CE + beta L_t + gamma L_v (beta = {meta['config']['loss']['beta']}, gamma = {meta['config']['loss']['gamma']}),"
-        f" CGLA with top-{meta['config']['topk']} patches. Best validation accuracy {pct(best1)} (epoch {best1_epoch}).",
+        f" CGLA with top-{meta['config']['topk']} patches{generic_out}. Best validation accuracy {pct(best1)} (epoch {best1_epoch}).",
         machine_line(summary0, carried.get("line", ""), stage0_minutes, stage1_minutes),
         "* **Command**: `bash training/make_default_model.sh ../shared/data/ferplus` (resumable).",
         f"* **Bundle**: {size_mb:.1f} MB (image tower and projection in float16, prompts, prototypes, cached text"
