@@ -42,6 +42,7 @@ def test_bundle_is_small_and_records_its_protocol_and_text_tower():
     assert size < 15e6, f"bundle is {size / 1e6:.1f} MB (limit 15)"
     meta = json.loads((BUNDLE / "mpafer.json").read_text())
     assert set(meta["config"]["input"]) >= {"grey", "margin", "shift_y", "tta_flip"}
+    assert meta["config"]["generic_direction_out"]  # what its paraphrase result rests on
     backbone = json.loads((BUNDLE / "backbone" / "open_clip_config.json").read_text())["model_cfg"]
     assert backbone["mpafer_text_sha256"] == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
     assert (BUNDLE / "README.md").is_file() and (BUNDLE / "confusion.png").is_file()

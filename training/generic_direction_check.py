@@ -10,7 +10,9 @@ are left as they are.
 
     python training/generic_direction_check.py --data ../shared/data/ferplus [--split valid] [--checkpoint PATH]
 
-Choose on validation (the default split); nothing is written.
+Choose on validation (the default split); nothing is written. A checkpoint trained with
+``model.generic_direction_out`` (the bundled default since 2026-12-06) is read without it here, so the
+"kept" row is that model's feature before its projection (its stage 1 was trained with it projected out).
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model, source, _ = resolve_model(args.checkpoint)
     model.eval()
+    model.config.generic_direction_out = False  # both rows start from the unprojected feature
     data = load_dataset("ferplus", args.data, args.split, image_size=None)
     if list(model.classes) != list(data.classes):
         raise SystemExit("the model's classes are not FERPlus's, in FERPlus's order")

@@ -100,7 +100,8 @@ def main(argv=None) -> int:
                         help="plain mean cosine (default), or with both sides centred (see probe())")
     parser.add_argument("--offsets", action="store_true",
                         help="also each class's mean cosine with the generic face-sentence direction (see "
-                             "generic_offsets): the per-class offset that decides plain-cosine landings")
+                             "generic_offsets): the per-class offset that decides plain-cosine landings (about 0 "
+                             "for every class of a model with model.generic_direction_out, which projects it out)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     model, source, untrained = resolve_model(args.checkpoint)

@@ -192,6 +192,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
     if latency:
         lines.append(f"* CPU time per face crop, batch 1, {latency['threads']} threads, preprocessing included: "
                      f"{latency['median_ms']:.1f} ms median of {latency['runs']}"
+                     f"{' in ' + latency['precision'] if latency.get('precision') else ''}"
                      f"{' on an ' + latency['cpu'] + ' CPU' if latency.get('cpu') else ''} (`training/bench_face_latency.py`)")
     lines += ["", "![confusion matrix](confusion.png)", "", "| class | test faces | recall | precision |",
               "| --- | --- | --- | --- |"]
