@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .precision import cpu_bf16_autocast
+
 
 def applies(block: nn.Module, x: torch.Tensor) -> bool:
     """Use the written-out block: CPU tensors under bf16 autocast, a plain batch-first open_clip block."""
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and is_plain_block(block))
+    return x.device.type == "cpu" and cpu_bf16_autocast() and is_plain_block(block)
 
 
 def is_plain_block(block: nn.Module) -> bool:

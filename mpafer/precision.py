@@ -37,6 +37,11 @@ def _native_bf16(kind: str) -> bool:
     return False
 
 
+def cpu_bf16_autocast() -> bool:
+    """Whether the code running now is under bf16 autocast on the CPU."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def effective_precision(device: torch.device | str, precision: str = "auto", *, _stacklevel: int = 2) -> str:
     """What ``precision`` means on ``device``: "bf16" or "fp32"."""
     if precision not in PRECISIONS:

@@ -31,7 +31,7 @@ from mpafer.backbone import BackboneConfig  # noqa: E402
 from mpafer.checkpoint import load_checkpoint  # noqa: E402
 from mpafer.defaults import default_checkpoint  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
-from mpafer.precision import PRECISIONS, effective_precision  # noqa: E402
+from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     times, ran_bf16 = [], False
     try:
         with torch.inference_mode(), context:
-            ran_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            ran_bf16 = cpu_bf16_autocast()
             for run in range(args.warmup + args.runs):
                 start = time.perf_counter()
                 predictor.forward(predictor.preprocess([crop]))

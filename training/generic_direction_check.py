@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     views = [features(model, data.images, flip) for flip in ((False, True) if model.config.input.tta_flip else (False,))]
     with torch.inference_mode():
         classes_text = F.normalize(model.class_text_features().features.float().cpu(), dim=-1)
-        generic = F.normalize(F.normalize(model.hard_text_features().float().cpu(), dim=-1).mean(0), dim=0)
+        generic = model.generic_direction().float().cpu()
         template, paraphrases = load_paraphrases()
         probes = F.normalize(model.encode_text([template.format(text=p["text"]) for p in paraphrases]).float().cpu(),
                              dim=-1)

@@ -84,8 +84,7 @@ def generic_offsets(model, features: torch.Tensor, labels: np.ndarray, classes: 
     """Per class: the mean cosine of its faces with the mean of the bank's prompt features (the generic
     "a photo of a face ..." direction). Unseen texts lie mostly along that direction, so the class that
     sits furthest along it wins them by plain mean cosine whatever they say: the probe's hub."""
-    generic = torch.nn.functional.normalize(
-        torch.nn.functional.normalize(model.hard_text_features().float().cpu(), dim=-1).mean(0), dim=0)
+    generic = model.generic_direction().float().cpu()
     cosines, labels_t = features @ generic, torch.as_tensor(labels)
     return {c: float(cosines[labels_t == i].mean()) for i, c in enumerate(classes) if (labels_t == i).any()}
 
