@@ -2,7 +2,8 @@
 
 Deterministic preparation (layout, resize, mean/std) lives in ``mpafer.transforms``.
 
-* ``sample_augment`` + ``apply_augment``: random resized crop, horizontal flip and random erasing.
+* ``sample_augment`` + ``apply_augment``: random resized crop, small rotation, horizontal flip and
+  random erasing.
 
 Augmentation is split in two so that the random draws are cheap, small and made on the CPU from
 an explicit ``torch.Generator``: a training step draws the parameters of its *global* batch once
@@ -10,8 +11,9 @@ and every DDP rank applies its own slice. The images a run sees then depend only
 epoch and the step, never on the device or on the number of GPUs, and a resumed run draws exactly
 what the uninterrupted one drew.
 
-Crop, resize and flip are one ``grid_sample`` per batch (bilinear); erasing is a mask. Faces are
-already cropped, so the default crop keeps 80-100 % of the area.
+Crop, rotation, resize and flip are one ``grid_sample`` per batch (bilinear); erasing is a mask.
+Faces are already cropped, so the default crop keeps 80-100 % of the area. Rotation is off by
+default (``rotate=0`` draws nothing, so older runs draw exactly what they drew before).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class AugmentConfig:
     erase: float = 0.25  # probability of erasing one rectangle
     erase_scale: tuple[float, float] = (0.02, 0.2)  # erased area as a fraction of the image
     erase_ratio: tuple[float, float] = (0.3, 3.3)
+    rotate: float = 0.0  # largest rotation in degrees, drawn uniformly in [-rotate, rotate]
 
     def __post_init__(self):
         for name in ("scale", "ratio", "erase_scale", "erase_ratio"):
@@ -45,6 +48,8 @@ class AugmentConfig:
         for name in ("flip", "erase"):
             if not 0 <= float(getattr(self, name)) <= 1:
                 raise ValueError(f"augment.{name} is a probability, got {getattr(self, name)}")
+        if not 0 <= float(self.rotate) <= 45:
+            raise ValueError(f"augment.rotate is a largest angle in degrees (0 to 45), got {self.rotate}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -66,15 +71,18 @@ class AugmentParams:
     crop: torch.Tensor  # (B, 4) centre x, centre y, width, height in [0, 1]
     flip: torch.Tensor  # (B,) bool
     erase: torch.Tensor  # (B, 4) left, top, width, height in [0, 1]; width 0 = nothing erased
+    angle: torch.Tensor | None = None  # (B,) rotation in radians; None = upright
 
     def __len__(self) -> int:
         return self.crop.shape[0]
 
     def slice(self, start: int, stop: int) -> "AugmentParams":
-        return AugmentParams(self.crop[start:stop], self.flip[start:stop], self.erase[start:stop])
+        angle = None if self.angle is None else self.angle[start:stop]
+        return AugmentParams(self.crop[start:stop], self.flip[start:stop], self.erase[start:stop], angle)
 
     def to(self, device: torch.device | str) -> "AugmentParams":
-        return AugmentParams(self.crop.to(device), self.flip.to(device), self.erase.to(device))
+        angle = None if self.angle is None else self.angle.to(device)
+        return AugmentParams(self.crop.to(device), self.flip.to(device), self.erase.to(device), angle)
 
 
 def _boxes(n: int, area: tuple[float, float], ratio: tuple[float, float],
@@ -100,18 +108,24 @@ def sample_augment(n: int, config: AugmentConfig, generator: torch.Generator | N
     erased = torch.rand(n, generator=generator) < config.erase
     ew = torch.where(erased, ew, torch.zeros_like(ew))
     erase = torch.stack([v[:, 0] * (1 - ew), v[:, 1] * (1 - eh), ew, eh], dim=1)
-    return AugmentParams(torch.stack([cx, cy, w, h], dim=1), flip, erase)
+    angle = None
+    if config.rotate > 0:  # drawn last, and only when asked for, so the draws above never change
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(config.rotate)
+    return AugmentParams(torch.stack([cx, cy, w, h], dim=1), flip, erase, angle)
 
 
 def _crop_grid(params: AugmentParams, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Sampling grid (B, size, size, 2) that crops each box, resizes it to size and maybe flips it."""
+    """Sampling grid (B, size, size, 2) that crops each box, rotates it about its centre, resizes it to
+    size and maybe flips it."""
     crop = params.crop.to(dtype)
     sx = crop[:, 2] * torch.where(params.flip, -1.0, 1.0).to(dtype)  # a negative x scale mirrors
-    zero = torch.zeros_like(sx)
+    sy = crop[:, 3]
+    angle = params.angle.to(dtype) if params.angle is not None else torch.zeros_like(sx)
+    cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([
-        torch.stack([sx, zero, 2 * crop[:, 0] - 1], dim=1),
-        torch.stack([zero, crop[:, 3], 2 * crop[:, 1] - 1], dim=1),
-    ], dim=1)  # maps output coordinates in [-1, 1] into the box, in input coordinates
+        torch.stack([sx * cos, -sx * sin, 2 * crop[:, 0] - 1], dim=1),
+        torch.stack([sy * sin, sy * cos, 2 * crop[:, 1] - 1], dim=1),
+    ], dim=1)  # maps output coordinates in [-1, 1] into the (rotated) box, in input coordinates
     return F.affine_grid(theta, [crop.shape[0], 3, size, size], align_corners=False)
 
 

@@ -23,10 +23,69 @@ class Stem(nn.Sequential):
     alone ten times slower). Float32 training keeps torch's default layout (NHWC was slower: 668 ms
     against 541)."""
 
+    fold_for_inference = True  # False runs the modules one by one in inference too (benchmarks compare)
+
     def forward(self, x):
         if x.device.type == "cpu" and (not self.training or torch.is_autocast_enabled("cpu")):
             x = x.contiguous(memory_format=torch.channels_last)
+            if self.fold_for_inference and not self.training and not torch.is_grad_enabled():
+                return self._inference_forward(x)
         return super().forward(x)
+
+    # Inference on the CPU (eval, no autograd: the demo, evaluation; Grad-CAM takes the path above):
+    # each batch norm folded into the convolution before it, and the convolution weights stored
+    # channels-last, so that oneDNN runs every convolution (with NCHW weights torch sends batch-1
+    # convolutions to its slow im2col kernel) and no batch-norm pass is left. Same outputs to
+    # float32 rounding (tests/test_stems.py); the folded weights are rebuilt whenever a parameter
+    # or statistic changes (an optimiser step, a checkpoint load).
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module, folded in zip(self, self._folded_layers()):
+            if folded is None:
+                x = module(x)
+            elif folded is not _FOLDED_AWAY:
+                weight, bias = folded
+                x = nn.functional.conv2d(x, weight, bias, module.stride, module.padding, module.dilation,
+                                         module.groups)
+        return x
+
+    def _folded_layers(self) -> list:
+        tensors = [*self.parameters(), *self.buffers()]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = self.__dict__.get("_folded_cache")  # not a buffer: never saved, never moved by .to()
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self.__dict__["_folded_cache"] = (key, _fold_batch_norms(list(self)))
+        return self.__dict__["_folded_cache"][1]
+
+
+_FOLDED_AWAY = object()  # a batch norm whose affine map now lives in the convolution before it
+
+
+def _fold_batch_norms(modules: list[nn.Module]) -> list:
+    """Per module: (weight, bias) for a convolution (its batch norm folded in when one follows),
+    ``_FOLDED_AWAY`` for that batch norm, None for anything run as it is."""
+    folded: list = []
+    for index, module in enumerate(modules):
+        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+            weight = module.weight
+            bias = module.bias if module.bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype,
+                                                                           device=weight.device)
+            after = modules[index + 1] if index + 1 < len(modules) else None
+            if isinstance(after, nn.BatchNorm2d) and after.track_running_stats and after.running_var is not None:
+                scale = torch.rsqrt(after.running_var + after.eps)
+                if after.affine:
+                    scale = scale * after.weight
+                shift = -after.running_mean * scale + (after.bias if after.affine else 0.0)
+                weight = weight * scale[:, None, None, None]
+                bias = bias * scale + shift
+            folded.append((weight.contiguous(memory_format=torch.channels_last), bias.contiguous()))
+        elif isinstance(module, nn.BatchNorm2d) and folded and isinstance(folded[-1], tuple) \
+                and isinstance(modules[index - 1], nn.Conv2d) and module.track_running_stats \
+                and module.running_var is not None:
+            folded.append(_FOLDED_AWAY)
+        else:
+            folded.append(None)
+    return folded
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:

@@ -121,3 +121,34 @@ def test_shipped_default_model_configs_fit_the_bundle_budget():
         assert min(backbone.model.visual.grid_size) >= 14
         megabytes = sum(p.numel() for p in backbone.model.state_dict().values()) * 2 / 1e6
         assert megabytes < 25, (name, megabytes)
+
+
+@pytest.mark.parametrize("kind,stride", [("vgg", 4), ("resnet", 8), ("conv", 8)])
+def test_stem_inference_with_folded_batch_norms_matches_the_module_and_follows_its_weights(kind, stride):
+    """Eval without autograd runs the folded, channels-last convolutions; Grad-CAM's path (grad on)
+    and training run the modules. Same outputs, and a changed statistic is picked up."""
+    from mpafer.stems import build_stem
+
+    torch.manual_seed(0)
+    stem = build_stem({"type": kind}, out_channels=24, stride=stride)
+    with torch.no_grad():  # non-trivial statistics, as after training
+        for module in stem.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.2, 0.2)
+    stem.eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.enable_grad():
+        reference = stem(x)  # the modules themselves (autograd on)
+    with torch.no_grad():
+        folded = stem(x)
+    assert "_folded_cache" in stem.__dict__
+    assert torch.allclose(folded, reference, atol=1e-4, rtol=1e-4)
+    batch_norm = next(m for m in stem if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        batch_norm.running_mean.add_(1.0)  # an optimiser step or a load changes it in place
+        changed = stem(x)
+    with torch.enable_grad():
+        assert torch.allclose(changed, stem(x), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed, folded, atol=1e-3)
+    assert not any("folded" in name for name in stem.state_dict())  # nothing new is saved

@@ -35,3 +35,23 @@ def test_bf16_runs_under_autocast_only_where_the_cpu_has_it(capsys, monkeypatch,
         report = run_bench(capsys, "--precision", "bf16")
     assert report["precision"] == ("bf16" if native else "fp32")
 
+
+
+def test_two_checkpoints_and_the_unfolded_stem_are_timed_interleaved(capsys, tmp_path):
+    """one line per case, the fold switch restored after; --json reports a single model only."""
+    from mpafer.backbone import BackboneConfig
+    from mpafer.checkpoint import save_checkpoint
+    from mpafer.model import MPAFERConfig, create_model
+    from mpafer.stems import Stem
+
+    model = create_model(MPAFERConfig(backbone=BackboneConfig("mpafer-tiny-stem")))
+    assert any(isinstance(m, Stem) for m in model.modules())
+    save_checkpoint(model, tmp_path / "a")
+    save_checkpoint(model, tmp_path / "b")
+    bench = load_script(ROOT / "training" / "bench_face_latency.py")
+    assert bench.main(["--checkpoint", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "b"),
+                       "--compare-unfolded", "--runs", "3", "--warmup", "1", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and sum("(stem unfolded)" in line for line in lines) == 2
+    assert Stem.fold_for_inference  # the switch is per module, the class default untouched
+    assert bench.main(["--checkpoint", str(tmp_path / "a"), "--compare-unfolded", "--json"]) == 2

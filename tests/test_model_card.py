@@ -80,3 +80,22 @@ def test_the_card_says_when_the_generic_direction_is_projected_out(tmp_path):
                         str(tmp_path / "old.md")]) == 0
     assert "the generic face-sentence direction (the hard prompts' mean) is projected out" in (
         bundle / "README.md").read_text()
+
+
+def test_a_stage0_with_rotation_and_a_narrow_mlp_says_so(tmp_path):
+    writer = load_script(ROOT / "training" / "write_model_card.py")
+    bundle, runs = fake_bundle(tmp_path / "bundle"), tmp_path / "runs"
+    config_path = bundle / "backbone" / "open_clip_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_cfg"]["vision_cfg"]["mlp_ratio"] = 2
+    config_path.write_text(json.dumps(config))
+    stage1_run(runs)
+    summary = {"epochs": 30, "train_seconds": 3600, "rotate": 10.0, "images": 25057, "threads": 2,
+               "best": {"valid_acc": 0.87, "epoch": 30}, "history": [{"images_per_s": 180}]}
+    (runs / "stage0").mkdir(parents=True)
+    (runs / "stage0" / "pretrain_summary.json").write_text(json.dumps(summary))
+    assert writer.main(["--bundle", str(bundle), "--runs", str(runs)]) == 0
+    card = (bundle / "README.md").read_text()
+    assert "random resized crop / rotation up to 10 degrees / flip / erasing" in card
+    assert "width 128 (MLP 2x wide)" in card
+    assert "* **Stage 0** (30 epochs, 60.0 min)" in card

@@ -33,12 +33,13 @@ def run(stage0, data, out, cache, extra=(), callbacks=()):
 def test_a_crashed_run_continues_to_the_same_weights(pack, tmp_path):
     data, root = pack
     stage0 = load_stage0()
-    assert run(stage0, data, tmp_path / "straight", root / "cache") == 0  # 32 images: 2 steps per epoch
+    turn = ("--rotate", "10")  # the rotation draws replay too
+    assert run(stage0, data, tmp_path / "straight", root / "cache", turn) == 0  # 32 images: 2 steps per epoch
 
     with pytest.raises(Killed):  # like kill -9 in epoch 2, after its first step: last/ holds epoch 1
-        run(stage0, data, tmp_path / "resumed", root / "cache", callbacks=[CrashAfterSteps(3, hard=False)])
+        run(stage0, data, tmp_path / "resumed", root / "cache", turn, callbacks=[CrashAfterSteps(3, hard=False)])
     assert json.loads((tmp_path / "resumed" / "last" / "train_state.json").read_text())["epoch"] == 1
-    assert run(load_stage0(), data, tmp_path / "resumed", root / "cache") == 0
+    assert run(load_stage0(), data, tmp_path / "resumed", root / "cache", turn) == 0
 
     a = load_file(str(tmp_path / "straight" / "last" / "stage0_weights.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "last" / "stage0_weights.safetensors"))
@@ -46,7 +47,7 @@ def test_a_crashed_run_continues_to_the_same_weights(pack, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     summary = json.loads((tmp_path / "resumed" / "pretrain_summary.json").read_text())
-    assert [r["epoch"] for r in summary["history"]] == [1, 2, 3]
+    assert [r["epoch"] for r in summary["history"]] == [1, 2, 3] and summary["rotate"] == 10
     straight = json.loads((tmp_path / "straight" / "pretrain_summary.json").read_text())
     assert summary["best"] == straight["best"]
     with open(tmp_path / "resumed" / "pretrain_metrics.csv", newline="") as f:
@@ -58,6 +59,7 @@ def test_other_settings_in_the_same_folder_are_refused(pack, tmp_path, capsys):
     data, root = pack
     assert run(load_stage0(), data, tmp_path / "run", root / "cache") == 0
     assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--lr", "0.01")) == 2
+    assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--rotate", "5")) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "lr: 0.002 -> 0.01" in err
 

@@ -119,6 +119,29 @@ def test_augment_draws_come_only_from_the_generator_and_slice_per_rank():
     assert torch.equal(full[4:], half)
 
 
+def test_augment_rotation_turns_the_face_and_leaves_the_other_draws_alone():
+    plain = AugmentConfig(scale=(1, 1), ratio=(1, 1), flip=0, erase=0)
+    turned = AugmentConfig(scale=(1, 1), ratio=(1, 1), flip=0, erase=0, rotate=15)
+    before = sample_augment(16, plain, torch.Generator().manual_seed(3))
+    after = sample_augment(16, turned, torch.Generator().manual_seed(3))
+    assert before.angle is None  # rotate=0 draws nothing: older runs replay exactly
+    assert torch.equal(before.crop, after.crop) and torch.equal(before.erase, after.erase)
+    assert float(after.angle.abs().max()) <= np.radians(15) + 1e-6 and float(after.angle.abs().min()) > 0
+    # the same turn as torchvision's rotate (counter-clockwise for a positive angle), pixel for pixel
+    from torchvision.transforms.functional import InterpolationMode, rotate
+    x = torch.zeros(1, 48, 48, 3, dtype=torch.uint8)
+    x[:, 4:44, 22:26] = 255
+    draws = sample_augment(1, turned, torch.Generator().manual_seed(0))
+    degrees = float(np.degrees(draws.angle[0].item()))
+    out = apply_augment(x, draws, 48, (0, 0, 0), (1, 1, 1))
+    reference = rotate(as_nchw(x).float() / 255, degrees, InterpolationMode.BILINEAR)
+    inner = (slice(None), slice(None), slice(8, 40), slice(8, 40))  # away from the borders' padding rules
+    assert float((out[inner] - reference[inner]).abs().max()) < 1e-3
+    assert float((out[inner] - (as_nchw(x).float() / 255)[inner]).abs().mean()) > 0.03  # it did turn
+    with pytest.raises(ValueError, match="rotate"):
+        AugmentConfig(rotate=90)
+
+
 # ------------------------------------------------------------------------------ training runs
 
 def test_run_writes_metrics_checkpoints_and_test_results(finished_run, workspace, monkeypatch):

@@ -5,6 +5,12 @@
     python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights
     python training/bench_face_latency.py --profile                # and where the time goes (torch.profiler)
     python training/bench_face_latency.py --precision bf16         # under bf16 autocast (Predictor runs float32)
+    python training/bench_face_latency.py --checkpoint A --checkpoint B   # A against B, call by call
+    python training/bench_face_latency.py --compare-unfolded       # and the same with the stem run module by module
+
+Several models (or ``--compare-unfolded``) are timed interleaved, one call each in turn in one
+process, so a noisy shared machine slows them alike and their ratio survives when the absolute
+times do not.
 
 Timed per run, as ``Predictor`` does it: a 224x224 RGB face crop (PIL, the demo's crop size) ->
 the model's input protocol (resize to its input size, grey if it says so, normalise) -> prompted
@@ -33,12 +39,16 @@ from mpafer.defaults import default_checkpoint  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
 from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
+from mpafer.stems import Stem  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint", action="append", default=None,
+                        help="a checkpoint folder (default: the bundled model); repeat to compare, interleaved")
     parser.add_argument("--model", default=None, help="an architecture with random weights instead of a checkpoint")
+    parser.add_argument("--compare-unfolded", action="store_true",
+                        help="also time each model with its conv stem's batch norms not folded (mpafer.stems.Stem)")
     parser.add_argument("--depth", type=int, default=8, help="visual prompt depth with --model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
@@ -51,54 +61,74 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
-        model = create_model(MPAFERConfig(backbone=BackboneConfig(args.model), visual_prompt_depth=args.depth))
-        source = f"{args.model} (random weights)"
+        models = [(f"{args.model} (random weights)",
+                   create_model(MPAFERConfig(backbone=BackboneConfig(args.model), visual_prompt_depth=args.depth)))]
     else:
-        path = args.checkpoint or default_checkpoint()
-        if path is None:
+        paths = args.checkpoint or [default_checkpoint()]
+        if paths[0] is None:
             print("no bundled default model yet: pass --checkpoint PATH or --model CONFIG", file=sys.stderr)
             return 2
-        model, source = load_checkpoint(path), str(path)
-    model.eval()
+        models = [(str(path), load_checkpoint(path)) for path in paths]
+    cases = [(source, model, True) for source, model in models]
+    if args.compare_unfolded:
+        cases += [(source + " (stem unfolded)", model, False) for source, model in models]
+    if args.json and len(cases) > 1:
+        print("--json reports one model: drop the extra --checkpoint or --compare-unfolded", file=sys.stderr)
+        return 2
     precision = effective_precision("cpu", args.precision)  # float32, with a warning, where bf16 would be emulated
     # float32 runs exactly as Predictor does (no autocast, no attention-kernel pin)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    predictor = Predictor(model)
+    predictors = [Predictor(model.eval()) for _, model, _ in cases]
     crop = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
-    times, ran_bf16 = [], False
+    times, ran_bf16 = [[] for _ in cases], False
+
+    def one_call(index: int) -> None:
+        for stem in stems_of(cases[index][1]):
+            stem.fold_for_inference = cases[index][2]
+        predictors[index].forward(predictors[index].preprocess([crop]))
+
     try:
         with torch.inference_mode(), context:
             ran_bf16 = cpu_bf16_autocast()
             for run in range(args.warmup + args.runs):
-                start = time.perf_counter()
-                predictor.forward(predictor.preprocess([crop]))
-                if run >= args.warmup:
-                    times.append((time.perf_counter() - start) * 1000)
+                for index in range(len(cases)):
+                    start = time.perf_counter()
+                    one_call(index)
+                    if run >= args.warmup:
+                        times[index].append((time.perf_counter() - start) * 1000)
             if args.profile:  # separate runs: the profiler's overhead stays out of the timings above
                 with torch.profiler.profile(record_shapes=True) as profiler:
                     for _ in range(args.runs):
-                        predictor.forward(predictor.preprocess([crop]))
+                        one_call(0)
                 # per input shape: each layer's time, so its FLOP rate can be read against the CPU's peak
                 print(profiler.key_averages(group_by_input_shape=True).table(
                     sort_by="self_cpu_time_total", row_limit=16, max_name_column_width=28,
                     max_shapes_column_width=64), file=sys.stderr)
     finally:
-        predictor.close()
-    times.sort()
-    protocol = model.config.input
-    if args.json:
-        print(json.dumps({"model": source, "image_size": model.image_size, "grey": protocol.grey,
-                          "tta_flip": protocol.tta_flip, "threads": args.threads, "runs": args.runs,
-                          "precision": "bf16" if ran_bf16 else "fp32",
-                          "cpu": torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX-512 differ ~2.5x here
-                          "median_ms": round(statistics.median(times), 3),
-                          "p10_ms": round(times[len(times) // 10], 3), "p90_ms": round(times[9 * len(times) // 10], 3)}))
-        return 0
-    print(f"{source}: {model.image_size} px, grey {protocol.grey}, flip TTA {protocol.tta_flip}, "
-          f"{'bf16' if ran_bf16 else 'fp32'}, {args.threads} threads, {args.runs} runs: median "
-          f"{statistics.median(times):.2f} ms per face (p10 {times[len(times) // 10]:.2f}, "
-          f"p90 {times[9 * len(times) // 10]:.2f})")
+        for predictor in predictors:
+            predictor.close()
+        for _, model, _ in cases:
+            for stem in stems_of(model):
+                stem.fold_for_inference = True
+    for (source, model, _), samples in zip(cases, times):
+        samples.sort()
+        protocol = model.config.input
+        median, p10, p90 = statistics.median(samples), samples[len(samples) // 10], samples[9 * len(samples) // 10]
+        if args.json:
+            print(json.dumps({"model": source, "image_size": model.image_size, "grey": protocol.grey,
+                              "tta_flip": protocol.tta_flip, "threads": args.threads, "runs": args.runs,
+                              "precision": "bf16" if ran_bf16 else "fp32",
+                              "cpu": torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX-512 differ ~2.5x here
+                              "median_ms": round(median, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3)}))
+            continue
+        print(f"{source}: {model.image_size} px, grey {protocol.grey}, flip TTA {protocol.tta_flip}, "
+              f"{'bf16' if ran_bf16 else 'fp32'}, {args.threads} threads, {args.runs} runs: median "
+              f"{median:.2f} ms per face (p10 {p10:.2f}, p90 {p90:.2f})")
     return 0
+
+
+def stems_of(model) -> list[Stem]:
+    return [m for m in model.modules() if isinstance(m, Stem)]
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from training.stages.stage0_backbone import BackboneTask  # noqa: E402
 # what a resumed run must share with the run it continues (the rest may change: --no-progress ...)
 HASHED = ("model", "bank", "text_pool", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "topk",
           "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight",
-          "text_image_weight", "init_from")
+          "text_image_weight", "init_from", "rotate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init-from", default=None, metavar="FOLDER",
                         help="start from a finished stage-0 model folder of the same --model (a second, shorter "
                              "cosine cycle on an earlier run's weights) instead of a random image tower")
+    parser.add_argument("--rotate", type=float, default=0.0, metavar="DEGREES",
+                        help="also turn each training face by up to this many degrees (0: upright, as before)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     return parser.parse_args(argv)

