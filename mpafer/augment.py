@@ -52,7 +52,10 @@ class AugmentConfig:
             raise ValueError(f"augment.rotate is a largest angle in degrees (0 to 45), got {self.rotate}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not data["rotate"]:  # off: absent, so run folders from before the option still resume
+            del data["rotate"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "AugmentConfig":
@@ -115,8 +118,9 @@ def sample_augment(n: int, config: AugmentConfig, generator: torch.Generator | N
 
 
 def _crop_grid(params: AugmentParams, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """Sampling grid (B, size, size, 2) that crops each box, rotates it about its centre, resizes it to
-    size and maybe flips it."""
+    """Sampling grid (B, size, size, 2) that crops each box, resizes it to size, turns it about its
+    centre (torchvision's RandomResizedCrop then RandomRotation; corners outside the image repeat its
+    border) and maybe flips it."""
     crop = params.crop.to(dtype)
     sx = crop[:, 2] * torch.where(params.flip, -1.0, 1.0).to(dtype)  # a negative x scale mirrors
     sy = crop[:, 3]

@@ -29,27 +29,34 @@ class Stem(nn.Sequential):
         if x.device.type == "cpu" and (not self.training or torch.is_autocast_enabled("cpu")):
             x = x.contiguous(memory_format=torch.channels_last)
             if self.fold_for_inference and not self.training and not torch.is_grad_enabled():
-                return self._inference_forward(x)
+                folded = self._folded_layers()
+                if folded is not None:
+                    return self._inference_forward(x, folded)
         return super().forward(x)
 
     # Inference on the CPU (eval, no autograd: the demo, evaluation; Grad-CAM takes the path above):
     # each batch norm folded into the convolution before it, and the convolution weights stored
     # channels-last, so that oneDNN runs every convolution (with NCHW weights torch sends batch-1
     # convolutions to its slow im2col kernel) and no batch-norm pass is left. Same outputs to
-    # float32 rounding (tests/test_stems.py); the folded weights are rebuilt whenever a parameter
-    # or statistic changes (an optimiser step, a checkpoint load).
-    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module, folded in zip(self, self._folded_layers()):
+    # float32 rounding (tests/test_backbone.py). The folded weights are a cache, never saved or copied:
+    # dropped on train()/eval(), .to()/.half(), a state-dict load, and rebuilt when a parameter's
+    # version counter moves (in-place optimiser steps). Writes that bypass the counter (``.data``,
+    # fused optimisers) while the stem stays in eval need ``clear_inference_cache()``.
+    def _inference_forward(self, x: torch.Tensor, folded_layers: list) -> torch.Tensor:
+        for module, folded in zip(self, folded_layers):
             if folded is None:
                 x = module(x)
-            elif folded is not _FOLDED_AWAY:
+            elif folded is not FOLDED_AWAY:
                 weight, bias = folded
                 x = nn.functional.conv2d(x, weight, bias, module.stride, module.padding, module.dilation,
                                          module.groups)
         return x
 
-    def _folded_layers(self) -> list:
+    def _folded_layers(self) -> list | None:
+        """The folded stem, or None for weights made under inference_mode (no version counter to watch)."""
         tensors = [*self.parameters(), *self.buffers()]
+        if any(t.is_inference() for t in tensors):
+            return None
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         cached = self.__dict__.get("_folded_cache")  # not a buffer: never saved, never moved by .to()
         if cached is None or cached[0] != key:
@@ -57,13 +64,33 @@ class Stem(nn.Sequential):
                 self.__dict__["_folded_cache"] = (key, _fold_batch_norms(list(self)))
         return self.__dict__["_folded_cache"][1]
 
+    def clear_inference_cache(self) -> None:
+        self.__dict__.pop("_folded_cache", None)
 
-_FOLDED_AWAY = object()  # a batch norm whose affine map now lives in the convolution before it
+    def train(self, mode: bool = True):
+        self.clear_inference_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_inference_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_inference_cache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_folded_cache", None)
+        return state
+
+
+FOLDED_AWAY = "folded-away"  # a batch norm whose affine map now lives in the convolution before it
 
 
 def _fold_batch_norms(modules: list[nn.Module]) -> list:
     """Per module: (weight, bias) for a convolution (its batch norm folded in when one follows),
-    ``_FOLDED_AWAY`` for that batch norm, None for anything run as it is."""
+    ``FOLDED_AWAY`` for that batch norm, None for anything run as it is."""
     folded: list = []
     for index, module in enumerate(modules):
         if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
@@ -82,7 +109,7 @@ def _fold_batch_norms(modules: list[nn.Module]) -> list:
         elif isinstance(module, nn.BatchNorm2d) and folded and isinstance(folded[-1], tuple) \
                 and isinstance(modules[index - 1], nn.Conv2d) and module.track_running_stats \
                 and module.running_var is not None:
-            folded.append(_FOLDED_AWAY)
+            folded.append(FOLDED_AWAY)
         else:
             folded.append(None)
     return folded

