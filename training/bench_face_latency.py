@@ -69,27 +69,29 @@ def main(argv=None) -> int:
             print("no bundled default model yet: pass --checkpoint PATH or --model CONFIG", file=sys.stderr)
             return 2
         models = [(str(path), load_checkpoint(path)) for path in paths]
-    cases = [(source, model, True) for source, model in models]
+    # (label, index into models, stem folded?): an unfolded case reuses its model's predictor
+    cases = [(source, index, True) for index, (source, _) in enumerate(models)]
     if args.compare_unfolded:
-        cases += [(source + " (stem unfolded)", model, False) for source, model in models]
+        cases += [(source + " (stem unfolded)", index, False) for index, (source, _) in enumerate(models)]
     if args.json and len(cases) > 1:
         print("--json reports one model: drop the extra --checkpoint or --compare-unfolded", file=sys.stderr)
         return 2
     precision = effective_precision("cpu", args.precision)  # float32, with a warning, where bf16 would be emulated
     # float32 runs exactly as Predictor does (no autocast, no attention-kernel pin)
     context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    predictors = [Predictor(model.eval()) for _, model, _ in cases]
+    predictors = [Predictor(model.eval()) for _, model in models]
+    stems = [[m for m in model.modules() if isinstance(m, Stem)] for _, model in models]
     crop = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
     times, ran_bf16 = [[] for _ in cases], False
 
-    stems = [stems_of(model) for _, model, _ in cases]
-
-    def switch(index: int) -> None:  # outside the timed window
+    def switch(case: int) -> None:  # outside the timed window
+        _, index, fold = cases[case]
         for stem in stems[index]:
-            stem.fold_for_inference = cases[index][2]
+            stem.fold_for_inference = fold
 
-    def one_call(index: int) -> None:
-        predictors[index].forward(predictors[index].preprocess([crop]))
+    def one_call(case: int) -> None:
+        predictor = predictors[cases[case][1]]
+        predictor.forward(predictor.preprocess([crop]))
 
     try:
         with torch.inference_mode(), context:
@@ -113,10 +115,10 @@ def main(argv=None) -> int:
     finally:
         for predictor in predictors:
             predictor.close()
-        for _, model, _ in cases:
-            for stem in stems_of(model):
-                stem.fold_for_inference = True
-    for (source, model, _), samples in zip(cases, times):
+        for stem in (stem for model_stems in stems for stem in model_stems):
+            stem.fold_for_inference = True
+    for (source, index, _), samples in zip(cases, times):
+        model = models[index][1]
         samples.sort()
         protocol = model.config.input
         median, p10, p90 = statistics.median(samples), samples[len(samples) // 10], samples[9 * len(samples) // 10]
@@ -131,10 +133,6 @@ def main(argv=None) -> int:
               f"{'bf16' if ran_bf16 else 'fp32'}, {args.threads} threads, {args.runs} runs: median "
               f"{median:.2f} ms per face (p10 {p10:.2f}, p90 {p90:.2f})")
     return 0
-
-
-def stems_of(model) -> list[Stem]:
-    return [m for m in model.modules() if isinstance(m, Stem)]
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = vars(args)
+    settings = dict(vars(args))
     if not settings["rotate"]:  # off: absent from the hashed settings, so older run folders still resume
         del settings["rotate"]
     spec = RunSpec(out=Path(args.out), config=settings, not_hashed=tuple(k for k in settings if k not in HASHED),
