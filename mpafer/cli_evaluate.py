@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average each face's prediction with its mirror image's "
                              "(default: as the checkpoint's input protocol says)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto (default, as Predictor): float32 on a CPU, bf16 autocast on a GPU; bf16: "
+                             "wherever bfloat16 is native (float32, with a warning, where it would be emulated)")
     parser.add_argument("--confusion", metavar="PATH.png", help="also save the confusion matrix as a PNG")
     parser.add_argument("--image-size", type=whole_number(1, words=(NATIVE,)), default=None,
                         help="size faces are decoded at before the model resizes them: pixels or 'native' "
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluate import evaluate, plot_confusion
 
     from .devices import resolve_device
+    from .precision import effective_precision
 
     try:
         device = resolve_device(args.device)
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         size = decode_size(args.image_size, args.dataset, model.image_size, trained_data)
         data = load_dataset(args.dataset, args.data, args.split, image_size=size, skip_bad=args.skip_bad,
                             cache_dir=args.cache_dir)
-        metrics = evaluate(model, data, batch_size=args.batch_size, tta_flip=args.tta_flip)
+        precision = effective_precision(device, args.precision)  # what runs (warns once where bf16 is emulated)
+        metrics = evaluate(model, data, batch_size=args.batch_size, tta_flip=args.tta_flip, precision=precision)
         if args.confusion:
             title = f"{args.dataset} {args.split}: accuracy {metrics['accuracy']:.2%} (n = {metrics['n']})"
             plot_confusion(metrics["confusion"], metrics["classes"], args.confusion, title=title)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     metrics.update({"dataset": args.dataset, "split": args.split, "checkpoint": str(checkpoint),
-                    "untrained": untrained})
+                    "untrained": untrained, "precision": precision})
     if args.json:
         print(json.dumps(metrics))
     else:

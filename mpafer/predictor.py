@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dc_fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +31,7 @@ from .faces import (DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, cr
                     face_regions, limit_faces, region_masks)
 from .images import DEFAULT_MAX_SIDE, load_image
 from .model import MPAFER, MPAFERConfig, create_model
+from .precision import effective_precision, inference_autocast
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +155,16 @@ def _square(image: Image.Image, side: int) -> Image.Image:
     return rgb
 
 
+def _float32(output):
+    """A model output with every tensor in float32 (under bf16 autocast some come out bfloat16), so what
+    reads it afterwards (explanations, probes) computes as in float32."""
+    values = {f.name: getattr(output, f.name).float() for f in dc_fields(output)
+              if f.name != "text" and torch.is_tensor(getattr(output, f.name))}
+    return replace(output, **values)
+
+
 def _first(output, n: int):
     """The first n rows of a model output (the unflipped half of a TTA batch)."""
-    from dataclasses import fields as dc_fields, replace
-
     values = {f.name: getattr(output, f.name)[:n] for f in dc_fields(output) if f.name != "text"}
     return replace(output, **values)
 
@@ -168,15 +175,20 @@ class Predictor:
     ``checkpoint``: a checkpoint folder, an ``MPAFER`` model, ``UNTRAINED``, or None for the
     default (see ``resolve_model``). ``untrained`` is True when predictions are not meaningful.
     ``crop_size``: side of the crops that maps are drawn on (the model sees them resized).
+    ``precision``: "auto" (float32 on a CPU, bf16 autocast on a GPU), "bf16" (where the hardware has
+    native bfloat16; float32, with a warning, where it would be emulated) or "fp32". It applies to the
+    classifying pass (and occlusion, which reuses it); its outputs are handed on in float32, and
+    Grad-CAM, descriptions and probes compute in float32.
     """
 
     def __init__(self, checkpoint: str | Path | MPAFER | None = None, device: str | torch.device = "cpu",
                  detector: FaceDetector | None = None, max_faces: int = DEFAULT_MAX_FACES, crop_size: int = 224,
-                 margin: float | None = None):
+                 margin: float | None = None, precision: str = "auto"):
         if max_faces < 1:
             raise ValueError(f"max_faces must be at least 1, got {max_faces}")
         self.model, self.source, self.untrained = resolve_model(checkpoint, device)
         self.device = torch.device(device)
+        self.precision = effective_precision(self.device, precision)
         self.max_faces = max_faces
         self.crop_size = crop_size
         self.protocol = self.model.config.input  # grey, framing and flip TTA, as the model was trained
@@ -211,11 +223,11 @@ class Predictor:
     def forward(self, batch: torch.Tensor):
         """The one forward pass of a batch; with the protocol's flip TTA the mirrored copies ride
         along in the same batch and their probabilities are averaged in (maps stay unflipped)."""
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), inference_autocast(self.device, self.precision):
             if not self.protocol.tta_flip:
-                output = self.model(batch, with_text_tokens=False)
+                output = _float32(self.model(batch, with_text_tokens=False))
                 return output, output.probabilities.cpu()
-            both = self.model(torch.cat([batch, batch.flip(-1)]), with_text_tokens=False)
+            both = _float32(self.model(torch.cat([batch, batch.flip(-1)]), with_text_tokens=False))
         n = batch.shape[0]
         probabilities = (both.probabilities[:n] + both.probabilities[n:]).cpu() / 2
         return _first(both, n), probabilities

@@ -21,7 +21,7 @@ def run_bench(capsys, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_the_benchmark_runs_float32_by_default(capsys):
+def test_the_benchmark_runs_float32_by_default_as_predictor_does(capsys):
     report = run_bench(capsys)
     assert report["precision"] == "fp32" and report["runs"] == 3
     assert 0 < report["p10_ms"] <= report["median_ms"] <= report["p90_ms"]
@@ -29,12 +29,11 @@ def test_the_benchmark_runs_float32_by_default(capsys):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_runs_under_autocast_only_where_the_cpu_has_it(capsys, monkeypatch, native):
-    """the report reads the autocast state inside the timed block; emulated bf16 falls back to float32."""
+    """emulated bf16 falls back to float32, with a warning."""
     monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: native)
     with contextlib.nullcontext() if native else pytest.warns(RuntimeWarning, match="no native bfloat16"):
         report = run_bench(capsys, "--precision", "bf16")
     assert report["precision"] == ("bf16" if native else "fp32")
-
 
 
 def test_two_checkpoints_and_the_unfolded_stem_are_timed_interleaved(capsys, tmp_path):
@@ -55,3 +54,24 @@ def test_two_checkpoints_and_the_unfolded_stem_are_timed_interleaved(capsys, tmp
     assert len(lines) == 4 and sum("(stem unfolded)" in line for line in lines) == 2
     assert Stem.fold_for_inference  # the switch is per module, the class default untouched
     assert bench.main(["--checkpoint", str(tmp_path / "a"), "--compare-unfolded", "--json"]) == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_compare_precision_adds_a_bf16_case_only_where_the_cpu_has_it(capsys, monkeypatch, native):
+    monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: native)
+    bench = load_script(ROOT / "training" / "bench_face_latency.py")
+    assert bench.main(["--model", "mpafer-tiny", "--precision", "fp32", "--compare-precision", "--runs", "3",
+                       "--warmup", "1", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    if native:  # each line says what its case's model call ran under
+        assert len(lines) == 2 and ", fp32, " in lines[0] and "(bf16)" in lines[1] and ", bf16, " in lines[1]
+    else:
+        assert len(lines) == 1 and ", fp32, " in lines[0]
+
+
+def test_compare_unfolded_skips_a_model_without_a_conv_stem(capsys):
+    bench = load_script(ROOT / "training" / "bench_face_latency.py")
+    assert bench.main(["--model", "mpafer-tiny", "--compare-unfolded", "--precision", "fp32", "--runs", "3",
+                       "--warmup", "1", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1 and "nothing to unfold" in captured.err

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ferplus_dir
 from mpafer import cli_evaluate, defaults
@@ -99,6 +100,34 @@ def test_cli_prints_one_json_object_and_saves_the_confusion_png(tiny_checkpoint,
     assert sum(map(sum, metrics["confusion"])) == 24
     assert set(metrics["per_class"]) == set(FERPLUS_CLASSES)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert metrics["precision"] == "fp32"  # auto on a CPU
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cli_precision_bf16_runs_under_autocast_only_where_the_cpu_has_it(tiny_checkpoint, pack, capsys,
+                                                                          monkeypatch, native):
+    import contextlib
+
+    import mpafer.evaluate
+    import mpafer.precision
+
+    monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: native)
+    seen = []
+    real = mpafer.evaluate.autocast
+
+    @contextlib.contextmanager
+    def spy(device, precision="auto"):
+        with real(device, precision):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            yield
+
+    monkeypatch.setattr(mpafer.evaluate, "autocast", spy)
+    with contextlib.nullcontext() if native else pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        code = cli_evaluate.main(["--data", str(pack), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                                  "--json", "--precision", "bf16"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == ("bf16" if native else "fp32")
+    assert seen and all(flag == native for flag in seen)
 
 
 def test_cli_accuracy_of_a_learnt_checkpoint_is_well_above_chance(learnt_checkpoint, capsys):

@@ -90,7 +90,7 @@ def test_a_stage0_with_rotation_and_a_narrow_mlp_says_so(tmp_path):
     config["model_cfg"]["vision_cfg"]["mlp_ratio"] = 2
     config_path.write_text(json.dumps(config))
     stage1_run(runs)
-    summary = {"epochs": 30, "train_seconds": 3600, "rotate": 10.0, "images": 25057, "threads": 2,
+    summary = {"epochs": 30, "train_seconds": 3600, "rotate": 10.0, "ema_decay": 0.998, "images": 25057, "threads": 2,
                "best": {"valid_acc": 0.87, "epoch": 30}, "history": [{"images_per_s": 180}]}
     (runs / "stage0").mkdir(parents=True)
     (runs / "stage0" / "pretrain_summary.json").write_text(json.dumps(summary))
@@ -99,3 +99,25 @@ def test_a_stage0_with_rotation_and_a_narrow_mlp_says_so(tmp_path):
     assert "random resized crop / rotation up to 10 degrees / flip / erasing" in card
     assert "width 128 (MLP 2x wide)" in card
     assert "* **Stage 0** (30 epochs, 60.0 min)" in card
+    assert "exponential moving average of the trained ones (decay 0.998" in card
+
+
+def test_curves_draw_the_live_weights_beside_a_weight_average(tmp_path, monkeypatch):
+    writer = load_script(ROOT / "training" / "write_model_card.py")
+    rows = [{"epoch": e, "train_acc": 0.5, "valid_acc": 0.6, "valid_mean_class_acc": 0.4, "loss": 1.0,
+             "live_valid_acc": 0.62 if e > 1 else ""} for e in (1, 2, 3)]
+    labels = []
+    original = writer.plt.Axes.plot
+
+    def plot(ax, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(ax, *args, **kwargs)
+
+    monkeypatch.setattr(writer.plt.Axes, "plot", plot)
+    writer.plot_curves(rows, [], tmp_path / "curves.png")
+    assert "validation, live weights" in labels and "validation (flip TTA, weight average)" in labels
+    labels.clear()
+    writer.plot_curves([{k: v for k, v in r.items() if k != "live_valid_acc"} for r in rows], [],
+                       tmp_path / "plain.png")
+    assert "validation, live weights" not in labels and "validation (flip TTA)" in labels
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -36,3 +36,12 @@ def test_unknown_precision_is_a_clear_error():
 
 def test_native_bf16_probe_answers_on_this_machine():
     assert isinstance(precision.native_bf16("cpu"), bool)
+
+
+def test_inference_autocast_is_bf16_or_nothing():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with precision.inference_autocast("cpu", "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with precision.inference_autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu") and layer(x).dtype == torch.float32

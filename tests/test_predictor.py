@@ -86,6 +86,32 @@ def test_results_match_the_model_on_the_same_crop(predictor):
     assert list(face.probabilities.values()) == pytest.approx(direct.tolist(), abs=1e-5)
 
 
+@pytest.mark.parametrize("wanted", ["fp32", "bf16"])
+def test_precision_runs_the_classifying_pass_as_asked_and_hands_on_float32(predictor, monkeypatch, wanted):
+    import mpafer.precision
+
+    monkeypatch.setattr(mpafer.precision, "native_bf16", lambda device: True)
+    chosen = Predictor(predictor.model, detector=predictor.detector, precision=wanted)
+    assert chosen.precision == wanted
+    seen = []
+    original = chosen.model.forward
+
+    def watched(images, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(chosen.model, "forward", watched)
+    batch = chosen.preprocess([Image.open(ASTRONAUT).convert("RGB").resize((224, 224))])
+    output, probabilities = chosen.forward(batch)
+    assert seen == [wanted == "bf16"]
+    assert all(t.dtype == torch.float32 for t in (output.logits, output.maps, output.patch_features,
+                                                   output.image_features, probabilities))
+    with torch.no_grad():
+        exact = chosen.model(batch).probabilities  # float32, outside any autocast
+    tolerance = 1e-5 if wanted == "fp32" else 0.05  # bfloat16 keeps about 3 significant digits
+    assert probabilities.tolist() == [pytest.approx(row, abs=tolerance) for row in exact.tolist()]
+
+
 def test_fast_path_skips_descriptions(predictor):
     face = predictor.predict(ASTRONAUT, explain=False)[0]
     assert face.regions == {} and face.explanation.descriptions == {}

@@ -33,7 +33,7 @@ def run(stage0, data, out, cache, extra=(), callbacks=()):
 def test_a_crashed_run_continues_to_the_same_weights(pack, tmp_path):
     data, root = pack
     stage0 = load_stage0()
-    turn = ("--rotate", "10")  # the rotation draws replay too
+    turn = ("--rotate", "10", "--ema-decay", "0.9")  # the rotation draws and the weight average replay too
     assert run(stage0, data, tmp_path / "straight", root / "cache", turn) == 0  # 32 images: 2 steps per epoch
 
     with pytest.raises(Killed):  # like kill -9 in epoch 2, after its first step: last/ holds epoch 1
@@ -48,6 +48,8 @@ def test_a_crashed_run_continues_to_the_same_weights(pack, tmp_path):
         assert torch.equal(a[key], b[key]), key
     summary = json.loads((tmp_path / "resumed" / "pretrain_summary.json").read_text())
     assert [r["epoch"] for r in summary["history"]] == [1, 2, 3] and summary["rotate"] == 10
+    assert summary["ema_decay"] == 0.9 and all(r["live_valid_acc"] != "" for r in summary["history"])
+    assert any(k.startswith("ema.") for k in a)
     straight = json.loads((tmp_path / "straight" / "pretrain_summary.json").read_text())
     assert summary["best"] == straight["best"]
     with open(tmp_path / "resumed" / "pretrain_metrics.csv", newline="") as f:
@@ -60,8 +62,29 @@ def test_other_settings_in_the_same_folder_are_refused(pack, tmp_path, capsys):
     assert run(load_stage0(), data, tmp_path / "run", root / "cache") == 0
     assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--lr", "0.01")) == 2
     assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--rotate", "5")) == 2
+    assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--ema-decay", "0.99")) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "lr: 0.002 -> 0.01" in err
+
+
+def test_with_a_weight_average_the_best_folder_holds_the_average(pack, tmp_path):
+    data, root = pack
+    # one epoch: the best epoch is the last, so the saved model must be last/'s average, not its live weights
+    assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--ema-decay", "0.5", "--epochs", "1")) == 0
+    state = load_file(str(tmp_path / "run" / "last" / "stage0_weights.safetensors"))
+    best = load_file(str(tmp_path / "run" / "open_clip_model.safetensors"))
+    name = "visual.transformer.resblocks.0.mlp.c_fc.weight"
+    # two steps moved them apart, and validation put the live weights back before last/ was saved
+    assert not torch.equal(state[f"ema.model.{name}"], state[f"model.{name}"])
+    assert torch.equal(best[name], state[f"ema.model.{name}"].to(best[name].dtype))
+    stats = [k for k in best if k.endswith("running_var")]
+    assert stats and all(torch.equal(best[k], state[f"ema.buffer.{k}"]) for k in stats)
+
+
+def test_a_decay_outside_zero_to_one_is_a_clear_error(pack, tmp_path, capsys):
+    data, root = pack
+    assert run(load_stage0(), data, tmp_path / "run", root / "cache", ("--ema-decay", "1")) == 2
+    assert "--ema-decay must lie in [0, 1)" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_the_folder_holds_no_text_tower_weights_and_loads(pack, tmp_path):

@@ -4,11 +4,12 @@
     python training/bench_face_latency.py --checkpoint PATH
     python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights
     python training/bench_face_latency.py --profile                # and where the time goes (torch.profiler)
-    python training/bench_face_latency.py --precision bf16         # under bf16 autocast (Predictor runs float32)
+    python training/bench_face_latency.py --precision bf16         # under bf16 autocast (Predictor's default: float32)
     python training/bench_face_latency.py --checkpoint A --checkpoint B   # A against B, call by call
     python training/bench_face_latency.py --compare-unfolded       # and the same with the stem run module by module
+    python training/bench_face_latency.py --compare-precision      # and the same in the other precision
 
-Several models (or ``--compare-unfolded``) are timed interleaved, one call each in turn in one
+Several models (or ``--compare-unfolded``, ``--compare-precision``) are timed interleaved, one call each in turn in one
 process, so a noisy shared machine slows them alike and their ratio survives when the absolute
 times do not.
 
@@ -20,7 +21,6 @@ in the same batch) -> probabilities.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -37,7 +37,8 @@ from mpafer.backbone import BackboneConfig  # noqa: E402
 from mpafer.checkpoint import load_checkpoint  # noqa: E402
 from mpafer.defaults import default_checkpoint  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
-from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision  # noqa: E402
+from mpafer.faces import FaceDetector  # noqa: E402
+from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision, native_bf16  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
 from mpafer.stems import Stem  # noqa: E402
 
@@ -49,12 +50,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="an architecture with random weights instead of a checkpoint")
     parser.add_argument("--compare-unfolded", action="store_true",
                         help="also time each model with its conv stem's batch norms not folded (mpafer.stems.Stem)")
+    parser.add_argument("--compare-precision", action="store_true",
+                        help="also time each model in the other precision (bf16 autocast against float32)")
     parser.add_argument("--depth", type=int, default=8, help="visual prompt depth with --model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (what Predictor does) or bf16 autocast, to measure what it would gain")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as Predictor(precision=...): auto (float32 on a CPU), bf16 (autocast) or fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object (what the model card reads)")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's table of where the first model's runs spend their CPU time")
@@ -69,33 +72,53 @@ def main(argv=None) -> int:
             print("no bundled default model yet: pass --checkpoint PATH or --model CONFIG", file=sys.stderr)
             return 2
         models = [(str(path), load_checkpoint(path)) for path in paths]
-    # (label, index into models, stem folded?): an unfolded case reuses its model's predictor
-    cases = [(source, index, True) for index, (source, _) in enumerate(models)]
-    if args.compare_unfolded:
-        cases += [(source + " (stem unfolded)", index, False) for index, (source, _) in enumerate(models)]
-    if args.json and len(cases) > 1:
-        print("--json reports one model: drop the extra --checkpoint or --compare-unfolded", file=sys.stderr)
-        return 2
-    precision = effective_precision("cpu", args.precision)  # float32, with a warning, where bf16 would be emulated
-    # float32 runs exactly as Predictor does (no autocast, no attention-kernel pin)
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    predictors = [Predictor(model.eval()) for _, model in models]
+    precision = effective_precision("cpu", args.precision)  # what Predictor(precision=...) runs here
+    # (label, index into models, stem folded?, precision): each case is a Predictor's own forward path
+    cases = [(source, index, True, precision) for index, (source, _) in enumerate(models)]
     stems = [[m for m in model.modules() if isinstance(m, Stem)] for _, model in models]
+    if args.compare_unfolded:  # only models with a conv stem have something to unfold
+        cases += [(source + " (stem unfolded)", index, False, p) for source, index, _, p in list(cases) if stems[index]]
+        for source, _ in (m for m, found in zip(models, stems) if not found):
+            print(f"{source}: no conv stem, nothing to unfold", file=sys.stderr)
+    if args.compare_precision:
+        other = "fp32" if precision == "bf16" else "bf16"
+        if other == "fp32" or native_bf16("cpu"):
+            cases += [(f"{source} ({other})", index, fold, other) for source, index, fold, _ in list(cases)]
+        else:
+            print("this CPU has no native bfloat16: no bf16 case to compare", file=sys.stderr)
+    if args.json and len(cases) > 1:
+        print("--json reports one model: drop the extra --checkpoint, --compare-unfolded or --compare-precision",
+              file=sys.stderr)
+        return 2
+
+    detector = FaceDetector()  # never used (crops are timed), but a Predictor wants one: share it
+    predictors = {(index, p): Predictor(models[index][1].eval(), detector=detector, precision=p)
+                  for _, index, _, p in cases}
     crop = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
-    times, ran_bf16 = [[] for _ in cases], False
+    times = [[] for _ in cases]
 
     def switch(case: int) -> None:  # outside the timed window
-        _, index, fold = cases[case]
+        _, index, fold, _ = cases[case]
         for stem in stems[index]:
             stem.fold_for_inference = fold
 
     def one_call(case: int) -> None:
-        predictor = predictors[cases[case][1]]
+        _, index, _, p = cases[case]
+        predictor = predictors[(index, p)]
         predictor.forward(predictor.preprocess([crop]))
 
+    def ran_under_bf16(case: int) -> bool:
+        """What the case's model call really ran under (read once, outside the timings)."""
+        seen = []
+        hook = models[cases[case][1]][1].register_forward_pre_hook(lambda *_: seen.append(cpu_bf16_autocast()))
+        try:
+            one_call(case)
+        finally:
+            hook.remove()
+        return seen[0]
+
     try:
-        with torch.inference_mode(), context:
-            ran_bf16 = cpu_bf16_autocast()
+        with torch.inference_mode():
             for run in range(args.warmup + args.runs):
                 for index in range(len(cases)):
                     switch(index)
@@ -103,6 +126,7 @@ def main(argv=None) -> int:
                     one_call(index)
                     if run >= args.warmup:
                         times[index].append((time.perf_counter() - start) * 1000)
+            ran_bf16 = [ran_under_bf16(index) for index in range(len(cases))]
             if args.profile:  # separate runs: the profiler's overhead stays out of the timings above
                 switch(0)
                 with torch.profiler.profile(record_shapes=True) as profiler:
@@ -113,11 +137,12 @@ def main(argv=None) -> int:
                     sort_by="self_cpu_time_total", row_limit=16, max_name_column_width=28,
                     max_shapes_column_width=64), file=sys.stderr)
     finally:
-        for predictor in predictors:
+        for predictor in predictors.values():
             predictor.close()
+        detector.close()
         for stem in (stem for model_stems in stems for stem in model_stems):
             stem.fold_for_inference = True
-    for (source, index, _), samples in zip(cases, times):
+    for (source, index, _, _), samples, bf16 in zip(cases, times, ran_bf16):
         model = models[index][1]
         samples.sort()
         protocol = model.config.input
@@ -125,12 +150,12 @@ def main(argv=None) -> int:
         if args.json:
             print(json.dumps({"model": source, "image_size": model.image_size, "grey": protocol.grey,
                               "tta_flip": protocol.tta_flip, "threads": args.threads, "runs": args.runs,
-                              "precision": "bf16" if ran_bf16 else "fp32",
+                              "precision": "bf16" if bf16 else "fp32",
                               "cpu": torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX-512 differ ~2.5x here
                               "median_ms": round(median, 3), "p10_ms": round(p10, 3), "p90_ms": round(p90, 3)}))
             continue
         print(f"{source}: {model.image_size} px, grey {protocol.grey}, flip TTA {protocol.tta_flip}, "
-              f"{'bf16' if ran_bf16 else 'fp32'}, {args.threads} threads, {args.runs} runs: median "
+              f"{'bf16' if bf16 else 'fp32'}, {args.threads} threads, {args.runs} runs: median "
               f"{median:.2f} ms per face (p10 {p10:.2f}, p90 {p90:.2f})")
     return 0
 

@@ -112,7 +112,8 @@ def pipeline(args) -> int:
     data = load_dataset("ferplus", args.data, args.split, image_size=None)
     picks = np.arange(len(data)) if not args.limit else np.arange(min(args.limit, len(data)))
     predictor = Predictor(args.checkpoint)
-    direct = evaluate(predictor.model, data.subset(picks) if args.limit else data, progress=not args.no_progress)
+    direct = evaluate(predictor.model, data.subset(picks) if args.limit else data, progress=not args.no_progress,
+                      precision=predictor.precision)  # as the Predictor computes
     correct = missed = 0
     started = time.perf_counter()
     try:
@@ -128,7 +129,7 @@ def pipeline(args) -> int:
     n = len(picks)
     out = {"split": args.split, "n": n, "direct_accuracy": direct["accuracy"],
            "pipeline_accuracy": correct / n, "missed_faces": missed, "gap_points": 100 * (direct["accuracy"] - correct / n),
-           "protocol": predictor.protocol.to_dict(), "model": predictor.source, "seconds": round(seconds, 1)}
+           "protocol": predictor.protocol.to_dict(), "model": predictor.source, "precision": predictor.precision, "seconds": round(seconds, 1)}
     print(json.dumps(out, indent=1) if args.json else
           f"direct {out['direct_accuracy']:.4f}, pipeline {out['pipeline_accuracy']:.4f} "
           f"(gap {out['gap_points']:.2f} points, {missed} faces not found) on {n} {args.split} faces")

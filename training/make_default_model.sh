@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-ACTIVE}  # keep the 2 training threads
 # (a finished stage-0 folder is kept as it is: its pretrain_summary.json is written last)
 [ -s "$RUNS/stage0/pretrain_summary.json" ] || \
     $PY training/pretrain_backbone.py --data "$DATA" --out "$RUNS/stage0" --epochs "${STAGE0_EPOCHS:-24}" \
-        --model "${STAGE0_MODEL:-mpafer-face-minilm}" --rotate "${STAGE0_ROTATE:-0}" --seed "${SEED:-0}" \
+        --model "${STAGE0_MODEL:-mpafer-face-minilm}" --rotate "${STAGE0_ROTATE:-0}" --seed "${SEED:-0}" --ema-decay "${STAGE0_EMA:-0}" \
         --class-mean-weight "${STAGE0_CLASS_MEAN_WEIGHT:-1}" --text-image-weight "${STAGE0_TEXT_IMAGE_WEIGHT:-0}"
 # stage 1: MPA-FER prompts on the frozen stage-0 backbone (CE + L_t + L_v, CGLA)
 $PY training/train.py --config training/configs/ferplus_default.yaml --data "$DATA" --out "$RUNS/stage1" \

@@ -18,6 +18,9 @@ face free to sit nearer all face sentences at once). Text features of the frozen
 
     python training/pretrain_backbone.py --data ../shared/data/ferplus --out runs/stage0
 
+``--ema-decay 0.998`` validates and keeps an exponential moving average of the weights instead of the
+live ones (the live weights' validation accuracy is recorded beside it, as ``live_valid_acc``).
+
 ``--init-from runs/stage0`` starts a further run (its own schedule, e.g. a few epochs at a lower
 peak learning rate) from a finished stage-0 folder instead of a random image tower.
 
@@ -52,7 +55,7 @@ from training.stages.stage0_backbone import BackboneTask  # noqa: E402
 # what a resumed run must share with the run it continues (the rest may change: --no-progress ...)
 HASHED = ("model", "bank", "text_pool", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "topk",
           "text_lr", "ortho_weight", "precision", "seed", "limit_per_class", "class_mean_weight",
-          "text_image_weight", "init_from", "rotate")
+          "text_image_weight", "init_from", "rotate", "ema_decay")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "cosine cycle on an earlier run's weights) instead of a random image tower")
     parser.add_argument("--rotate", type=float, default=0.0, metavar="DEGREES",
                         help="also turn each training face by up to this many degrees (0: upright, as before)")
+    parser.add_argument("--ema-decay", type=float, default=0.0, metavar="DECAY",
+                        help="validate and keep an exponential moving average of the weights, e.g. 0.998 "
+                             "(about 500 steps; 0: the live weights, as before)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     return parser.parse_args(argv)
@@ -102,9 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise ConfigError(f"--ema-decay must lie in [0, 1) (0: no average), got {args.ema_decay}")
     settings = dict(vars(args))
-    if not settings["rotate"]:  # off: absent from the hashed settings, so older run folders still resume
-        del settings["rotate"]
+    for key in ("rotate", "ema_decay"):  # off: absent from the hashed settings, so older run folders still resume
+        if not settings[key]:
+            del settings[key]
     spec = RunSpec(out=Path(args.out), config=settings, not_hashed=tuple(k for k in settings if k not in HASHED),
                    epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, warmup_epochs=args.warmup_epochs,
                    resume=None, progress=not args.no_progress, callbacks=callbacks)

@@ -64,7 +64,12 @@ def plot_curves(stage0: list[dict], stage1: list[dict], out: Path) -> None:
     if stage0:
         epochs = [int(r["epoch"]) for r in stage0]
         axes[0].plot(epochs, [float(r["train_acc"]) for r in stage0], label="train (augmented, vote argmax)")
-        axes[0].plot(epochs, [float(r["valid_acc"]) for r in stage0], label="validation (flip TTA)")
+        averaged = any(r.get("live_valid_acc") not in (None, "") for r in stage0)  # validation scored an EMA
+        axes[0].plot(epochs, [float(r["valid_acc"]) for r in stage0],
+                     label="validation (flip TTA" + (", weight average)" if averaged else ")"))
+        if averaged:
+            axes[0].plot(epochs, [float(r["live_valid_acc"]) if r.get("live_valid_acc") not in (None, "") else None
+                                  for r in stage0], ":", label="validation, live weights")
         axes[0].plot(epochs, [float(r["valid_mean_class_acc"]) for r in stage0], "--", label="validation, mean class")
         ax2 = axes[0].twinx()
         ax2.plot(epochs, [float(r["loss"]) for r in stage0], color="grey", alpha=0.5, label="loss")
@@ -81,7 +86,8 @@ def plot_curves(stage0: list[dict], stage1: list[dict], out: Path) -> None:
         axes[1].plot(epochs, [float(r["val_accuracy"]) for r in stage1], label="validation (flip TTA)")
         axes[1].plot(epochs, [float(r["val_mean_class_accuracy"]) for r in stage1], "--", label="validation, mean class")
     axes[1].set(title="stage 1: MPA-FER prompts (frozen backbone)", xlabel="epoch", ylabel="accuracy")
-    axes[1].legend(loc="lower right", fontsize=7)
+    if stage1:
+        axes[1].legend(loc="lower right", fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -91,6 +97,18 @@ def plot_curves(stage0: list[dict], stage1: list[dict], out: Path) -> None:
 
 def pct(value) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f} %"
+
+
+def precision_phrase(metrics: dict) -> str:
+    """What evaluate computed in, when its JSON says (older runs do not)."""
+    return {"bf16": "bf16 autocast, ", "fp32": "float32, "}.get(metrics.get("precision"), "")
+
+
+def average_phrase(summary0: dict) -> str:
+    """Stage 0's weight average, when it kept one (summaries before the option have no key)."""
+    decay = float(summary0.get("ema_decay", 0) or 0)
+    return (f"; the weights validated and kept are an exponential moving average of the trained ones (decay {decay:g},"
+            " batch-norm statistics included)") if decay else ""
 
 
 def rotation_phrase(summary0: dict) -> str:
@@ -161,7 +179,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
             f"cosine, batch 128, {'float32' if summary0.get('precision') == 'fp32' else 'bf16 autocast'}, random resized crop"
             f"{rotation_phrase(summary0)} / flip / erasing; CGLA-style logits against one sampled"
             " text per class (bank prompts and class-free descriptions), soft-label cross-entropy"
-            f"{class_mean_phrase(summary0)}{text_image_phrase(summary0)}. Best validation"
+            f"{class_mean_phrase(summary0)}{text_image_phrase(summary0)}{average_phrase(summary0)}. Best validation"
             f" accuracy {pct(summary0.get('best', {}).get('valid_acc'))} (epoch {summary0.get('best', {}).get('epoch', '?')},"
             f" hard-prompt class means, zero-shot), {fastest:.0f} images/s in the fastest epoch, {slowest:.0f} in the"
             " slowest (the machine was shared with other jobs during some epochs: the minutes above include that).",
@@ -182,7 +200,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
         "## Results (FERPlus test, majority vote, n = %d)" % test.get("n", 0),
         "",
         f"* accuracy **{pct(test.get('accuracy'))}**, mean class accuracy {pct(test.get('mean_class_accuracy'))}"
-        f" ({'flip TTA, ' if test.get('tta_flip') else ''}`python -m mpafer evaluate --dataset ferplus --data PATH"
+        f" ({'flip TTA, ' if test.get('tta_flip') else ''}{precision_phrase(test)}`python -m mpafer evaluate --dataset ferplus --data PATH"
         " --split test --json`, no --checkpoint)",
     ]
     if pipeline:

@@ -63,6 +63,9 @@ class Task:
         """The loss terms on one batch (at least ``loss_terms[0]``) and how many images were right."""
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """After each optimiser step (e.g. a weight average's update)."""
+
     def probe(self, batch: Batch) -> dict[str, float]:
         """Diagnostics on each epoch's first batch (rank 0; not counted in the speed)."""
         return {}
@@ -208,6 +211,7 @@ class Trainer:
             terms[terms_names[0]].backward()
             self.optimizer.step()
             self.scheduler.step()
+            task.after_step()
             with torch.no_grad():
                 for i, key in enumerate(terms_names):
                     if key in terms:

@@ -4,12 +4,15 @@
 Each step samples one hard prompt per class (from the same keyed generator as the augmentation)
 and scores every image against those C texts the way CGLA does; cross-entropy against the vote
 distribution, plus, with ``class_mean_weight``, against each class's mean bank-prompt feature
-(the classifier validation uses), plus the orthogonality penalty on the text projection.
+(the classifier validation uses), plus the orthogonality penalty on the text projection. With
+``ema_decay``, an exponential moving average of the trained weights is what validation scores and
+the best epoch saves (the live weights are validated too, for the record).
 """
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +35,12 @@ from mpafer.prompts import class_means, visual_features
 from training.engine.config import ConfigError
 from training.engine.data_feed import hold
 from training.engine.distributed import Dist
+from training.engine.ema import WeightAverage
 from training.engine.loop import Batch, Task
 
 WEIGHTS_FILE = "stage0_weights.safetensors"
 FIELDS = ("epoch", "lr", "loss", "ce", "text_image", "ortho", "train_acc", "valid_acc", "valid_mean_class_acc",
-          "logit_scale", "images_per_s", "seconds")
+          "live_valid_acc", "logit_scale", "images_per_s", "seconds")
 
 
 def dataset_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -198,6 +202,8 @@ class BackboneTask(Task):
         self.mean, self.std = dataset_mean_std(images[:: max(1, len(images) // 4096)])
         self.input_spec = (self.size, self.mean, self.std)
         self.augment = AugmentConfig(rotate=settings.get("rotate", 0.0))
+        # the average starts at the initial (or --init-from) weights; a resumed run restores it below
+        self.ema = WeightAverage(self.saved_tensors(), settings["ema_decay"]) if settings.get("ema_decay") else None
         if resume_from is not None:
             self.restore(resume_from)
         self.train_mode()
@@ -217,24 +223,36 @@ class BackboneTask(Task):
         return start.fingerprint
 
     # ---- saved state -------------------------------------------------------------------
-    def save_weights(self, folder: Path, epoch: int) -> None:
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
         """The trainable weights and the buffers that training changes (not the frozen text tower's)."""
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.parameters().items()}
-        tensors.update({f"buffer.{k}": v.detach().cpu().contiguous() for k, v in self.model.named_buffers()
-                        if not k.startswith(HF_TEXT_PREFIX)})
+        tensors = {f"model.{k}": v for k, v in self.parameters().items()}
+        tensors.update({f"buffer.{k}": v for k, v in self.model.named_buffers() if not k.startswith(HF_TEXT_PREFIX)})
+        return tensors
+
+    def save_weights(self, folder: Path, epoch: int) -> None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.saved_tensors().items()}
+        if self.ema is not None:
+            tensors.update(self.ema.state())
         save_file(tensors, str(folder / WEIGHTS_FILE))
 
     def restore(self, folder: Path) -> None:
-        params, buffers = self.parameters(), dict(self.model.named_buffers())
+        saved, live = load_file(str(folder / WEIGHTS_FILE)), self.saved_tensors()
         with torch.no_grad():
-            for key, value in load_file(str(folder / WEIGHTS_FILE)).items():
-                kind, name = key.split(".", 1)
-                (params if kind == "model" else buffers)[name].copy_(value)
+            for key, value in saved.items():
+                if not key.startswith("ema."):
+                    live[key].copy_(value)
+        if self.ema is not None:
+            self.ema.load_state(saved)
+
+    def averaged(self):
+        """A block in which the model holds the weights that are validated and saved as best."""
+        return self.ema.swapped_in() if self.ema is not None else nullcontext()
 
     def save_best(self, epoch: int, row: dict) -> None:
-        save_model_folder(self.model, self.model_cfg, self.out,
-                          preprocess_cfg={"mean": self.mean, "std": self.std, "size": self.size},
-                          dtype=torch.float16 if self.s["half"] else None)
+        with self.averaged():
+            save_model_folder(self.model, self.model_cfg, self.out,
+                              preprocess_cfg={"mean": self.mean, "std": self.std, "size": self.size},
+                              dtype=torch.float16 if self.s["half"] else None)
 
     # ---- the loop's side ---------------------------------------------------------------
     def parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -246,6 +264,10 @@ class BackboneTask(Task):
     def train_mode(self) -> None:
         self.model.train()
         self.model.text.eval()  # frozen tower: no dropout
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update()
 
     def loss(self, batch: Batch):
         s, targets = self.s, self.data.targets[batch.index]
@@ -271,21 +293,30 @@ class BackboneTask(Task):
         return class_means(self.proj(self.pooled_text[bank]), self.owner[bank], self.num_classes)
 
     def validate(self) -> dict[str, float]:
-        """Accuracy and mean class accuracy with the class-mean prompt features (flip TTA)."""
-        model, s = self.model, self.s
+        """Accuracy and mean class accuracy with the class-mean prompt features (flip TTA), of the averaged
+        weights when there are any (and the live weights' accuracy beside them)."""
+        model = self.model
         model.eval()
         try:
-            with torch.no_grad():
-                text = self.class_mean_text()
-            scores = batched_scores(
-                lambda x: scaled_scores(model, image_features(model, x, self.precision), text, s["topk"]),
-                self.valid.images, self.size, self.mean, self.std, self.ctx.device, batch_size=512, tta_flip=True,
-                precision=self.precision, progress=False)
+            with self.averaged():
+                metrics = self.validation_metrics()
+            live = self.validation_metrics() if self.ema is not None else None
         finally:
             self.train_mode()
-        metrics = classification_metrics(self.valid.labels.cpu().numpy(), scores.argmax(-1).numpy(),
-                                         self.valid.classes)
-        return {"valid_acc": metrics["accuracy"], "valid_mean_class_acc": metrics["mean_class_accuracy"]}
+        result = {"valid_acc": metrics["accuracy"], "valid_mean_class_acc": metrics["mean_class_accuracy"]}
+        if live is not None:
+            result["live_valid_acc"] = live["accuracy"]
+        return result
+
+    def validation_metrics(self) -> dict:
+        model, s = self.model, self.s
+        with torch.no_grad():
+            text = self.class_mean_text()
+        scores = batched_scores(
+            lambda x: scaled_scores(model, image_features(model, x, self.precision), text, s["topk"]),
+            self.valid.images, self.size, self.mean, self.std, self.ctx.device, batch_size=512, tta_flip=True,
+            precision=self.precision, progress=False)
+        return classification_metrics(self.valid.labels.cpu().numpy(), scores.argmax(-1).numpy(), self.valid.classes)
 
     def row(self, epoch: int, lr: float, result: dict, validation: dict) -> dict:
         return {"epoch": epoch, "lr": lr, "loss": result["train_loss"], "ce": result["train_ce"],
@@ -304,7 +335,8 @@ class BackboneTask(Task):
         summary = {"model": s["model"], "best": best, "epochs": s["epochs"], "images": len(self.data),
                    "train_seconds": sum(r["seconds"] for r in rows), "device": str(self.ctx.device),
                    "precision": self.precision, "threads": torch.get_num_threads(), "half": s["half"],
-                   "seed": s["seed"], "rotate": s.get("rotate", 0.0), "class_mean_weight": s["class_mean_weight"],
+                   "seed": s["seed"], "rotate": s.get("rotate", 0.0), "ema_decay": s.get("ema_decay", 0.0),
+                   "class_mean_weight": s["class_mean_weight"],
                    "text_image_weight": s["text_image_weight"],
                    "lr": s["lr"], "warmup_epochs": s["warmup_epochs"],
                    "init_from": s.get("init_from"), "init_fingerprint": self.init_fingerprint,
