@@ -223,11 +223,13 @@ class Predictor:
     def forward(self, batch: torch.Tensor):
         """The one forward pass of a batch; with the protocol's flip TTA the mirrored copies ride
         along in the same batch and their probabilities are averaged in (maps stay unflipped)."""
+        # float32 (the CPU default) hands the output on as it is: no per-frame copy of its fields
+        settle = _float32 if self.precision == "bf16" else (lambda output: output)
         with self._lock, torch.no_grad(), inference_autocast(self.device, self.precision):
             if not self.protocol.tta_flip:
-                output = _float32(self.model(batch, with_text_tokens=False))
+                output = settle(self.model(batch, with_text_tokens=False))
                 return output, output.probabilities.cpu()
-            both = _float32(self.model(torch.cat([batch, batch.flip(-1)]), with_text_tokens=False))
+            both = settle(self.model(torch.cat([batch, batch.flip(-1)]), with_text_tokens=False))
         n = batch.shape[0]
         probabilities = (both.probabilities[:n] + both.probabilities[n:]).cpu() / 2
         return _first(both, n), probabilities
