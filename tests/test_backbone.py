@@ -114,6 +114,30 @@ def test_stems_have_the_patch_stride(kind, stride, size):
     assert out.shape == (1, 24, size // stride, size // stride)
 
 
+def test_vgg_stem_depths_set_the_convolutions_per_stage_and_keep_the_default_layout():
+    from mpafer.stems import build_stem
+
+    def convs_per_stage(stem):
+        counts = [0]
+        for module in stem[:-1]:  # the last module is the 1x1 projection
+            if isinstance(module, torch.nn.MaxPool2d):
+                counts.append(0)
+            counts[-1] += isinstance(module, torch.nn.Conv2d)
+        return counts
+
+    default = build_stem({"type": "vgg", "widths": [8, 16, 24]}, out_channels=12, stride=4)
+    deep = build_stem({"type": "vgg", "widths": [8, 16, 24], "depths": [1, 2, 4]}, out_channels=12, stride=4)
+    assert convs_per_stage(default) == [2, 2, 2] and convs_per_stage(deep) == [1, 2, 4]
+    # two per stage is the layout older checkpoints were saved with: same state-dict keys
+    explicit = build_stem({"type": "vgg", "widths": [8, 16, 24], "depths": [2, 2, 2]}, out_channels=12, stride=4)
+    assert list(explicit.state_dict()) == list(default.state_dict())
+    with torch.no_grad():
+        assert deep.eval()(torch.randn(1, 3, 48, 48)).shape == (1, 12, 12, 12)
+    for bad in ([2, 2], [2, 0, 2]):
+        with pytest.raises(ValueError, match="depths"):
+            build_stem({"type": "vgg", "depths": bad}, out_channels=12, stride=4)
+
+
 def test_shipped_default_model_configs_fit_the_bundle_budget():
     """The compact stage-0 backbones keep a >= 14x14 token grid and stay under 25 MB in float16."""
     for name in ("mpafer-face-vit", "mpafer-face-vit-small"):
@@ -180,3 +204,20 @@ def test_stem_inference_cache_is_dropped_on_loads_moves_copies_and_mode_switches
     with torch.inference_mode():  # weights made under inference_mode have no version counter: modules run
         built = build_stem({"type": "vgg"}, out_channels=24, stride=4).eval()
         assert built(x).shape == (1, 24, 12, 12) and "_folded_cache" not in built.__dict__
+
+
+def test_deep_stem_config_keeps_the_default_token_grid_and_moves_a_block_into_convolutions():
+    """mpafer-face-minilm-deepstem: the default's 12x12 grid at 48 px, 4 convs at 12x12, one block fewer."""
+    import open_clip
+
+    from mpafer.stems import build_stem
+
+    default, deep = (open_clip.get_model_config(n) for n in ("mpafer-face-minilm", "mpafer-face-minilm-deepstem"))
+    assert deep["text_cfg"] == default["text_cfg"] and deep["embed_dim"] == default["embed_dim"]
+    assert deep["vision_cfg"]["layers"] == default["vision_cfg"]["layers"] - 1
+    vision = deep["vision_cfg"]
+    stem = build_stem(deep["mpafer_stem"], out_channels=vision["width"], stride=vision["patch_size"]).eval()
+    with torch.no_grad():
+        grid = stem(torch.randn(1, 3, vision["image_size"], vision["image_size"])).shape[-2:]
+    assert tuple(grid) == (12, 12)
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in stem) == 8

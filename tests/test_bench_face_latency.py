@@ -75,3 +75,12 @@ def test_compare_unfolded_skips_a_model_without_a_conv_stem(capsys):
                        "--warmup", "1", "--threads", "1"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.strip().splitlines()) == 1 and "nothing to unfold" in captured.err
+
+
+def test_two_architectures_are_timed_interleaved(capsys):
+    bench = load_script(ROOT / "training" / "bench_face_latency.py")
+    assert bench.main(["--model", "mpafer-tiny", "--model", "mpafer-tiny-stem", "--precision", "fp32", "--runs", "3",
+                       "--warmup", "1", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("mpafer-tiny (random weights)") and lines[1].startswith("mpafer-tiny-stem (random")

@@ -51,6 +51,7 @@ def test_a_new_stage1_on_the_previous_backbone_carries_stage0_from_the_previous_
     assert "anchored to the hard prompts' ensemble" in card
     assert "generic face-sentence direction" not in card  # the option is off in this bundle
     assert "88.9 minutes of training" in card  # 82.9 carried + 6.0 of stage 1
+    assert "VGG-style stem (double 3 x 3 convs, widths [32, 64, 128]" in card
     assert (bundle / "curves.png").stat().st_size > 1000
 
 
@@ -121,3 +122,20 @@ def test_curves_draw_the_live_weights_beside_a_weight_average(tmp_path, monkeypa
                        tmp_path / "plain.png")
     assert "validation, live weights" not in labels and "validation (flip TTA)" in labels
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_the_card_counts_the_convolutions_of_a_deeper_stem(tmp_path):
+    writer = load_script(ROOT / "training" / "write_model_card.py")
+    bundle, runs = fake_bundle(tmp_path / "bundle"), tmp_path / "runs"
+    config_path = bundle / "backbone" / "open_clip_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_cfg"]["mpafer_stem"]["depths"] = [2, 2, 4]
+    config["model_cfg"]["vision_cfg"]["layers"] = 2
+    config_path.write_text(json.dumps(config))
+    stage1_run(runs)
+    (tmp_path / "old.md").write_text("* **Stage 0** (24 epochs, 60.0 min): first.\n")
+    assert writer.main(["--bundle", str(bundle), "--runs", str(runs), "--carry-stage0-from",
+                        str(tmp_path / "old.md")]) == 0
+    card = (bundle / "README.md").read_text()
+    assert "VGG-style stem (3 x 3 convs, 2/2/4 per stage, widths [32, 64, 128]" in card
+    assert "an open_clip ViT of 2 blocks" in card

@@ -2,7 +2,7 @@
 
     python training/bench_face_latency.py                          # the bundled default model
     python training/bench_face_latency.py --checkpoint PATH
-    python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights
+    python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights (repeat to compare)
     python training/bench_face_latency.py --profile                # and where the time goes (torch.profiler)
     python training/bench_face_latency.py --precision bf16         # under bf16 autocast (Predictor's default: float32)
     python training/bench_face_latency.py --checkpoint A --checkpoint B   # A against B, call by call
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=None,
                         help="a checkpoint folder (default: the bundled model); repeat to compare, interleaved")
-    parser.add_argument("--model", default=None, help="an architecture with random weights instead of a checkpoint")
+    parser.add_argument("--model", action="append", default=None,
+                        help="an architecture with random weights instead of a checkpoint; repeat to compare, interleaved")
     parser.add_argument("--compare-unfolded", action="store_true",
                         help="also time each model with its conv stem's batch norms not folded (mpafer.stems.Stem)")
     parser.add_argument("--compare-precision", action="store_true",
@@ -64,8 +65,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model:
-        models = [(f"{args.model} (random weights)",
-                   create_model(MPAFERConfig(backbone=BackboneConfig(args.model), visual_prompt_depth=args.depth)))]
+        models = [(f"{name} (random weights)",
+                   create_model(MPAFERConfig(backbone=BackboneConfig(name), visual_prompt_depth=args.depth)))
+                  for name in args.model]
     else:
         paths = args.checkpoint or [default_checkpoint()]
         if paths[0] is None:

@@ -48,6 +48,14 @@ def text_image_phrase(summary0: dict) -> str:
             " its class's faces out of the batch: CLIP's second direction)")
 
 
+def stem_convs(stem_cfg: dict) -> str:
+    """How many 3 x 3 convolutions each stage of the VGG stem holds (two each unless the config says)."""
+    depths = stem_cfg.get("depths")
+    if not depths or len(set(depths)) == 1 and depths[0] == 2:
+        return "double 3 x 3 convs"
+    return f"3 x 3 convs, {'/'.join(map(str, depths))} per stage"
+
+
 def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -231,7 +239,7 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
         f"* **Data**: FERPlus train (FER2013 48 x 48 grey web faces, FER+ crowd votes), the {summary0.get('images', carried.get('images', '?'))}"
         " majority-labelled faces; targets are the vote distributions with single votes dropped (FERPlus's own"
         " outlier rule). Checkpoints chosen on the validation split; the test split was used for nothing but this card.",
-        f"* **Image tower** (trained): VGG-style stem (double 3 x 3 convs, widths "
+        f"* **Image tower** (trained): VGG-style stem ({stem_convs(backbone_cfg['mpafer_stem'])}, widths "
         f"{backbone_cfg['mpafer_stem']['widths']}, max-pool between) at the native {vision['image_size']} px, giving "
         f"{vision['image_size'] // vision['patch_size']} x {vision['image_size'] // vision['patch_size']} tokens, "
         f"then an open_clip ViT of {vision['layers']} blocks, width {vision['width']} (MLP {float(vision.get('mlp_ratio', 4)):g}x"
