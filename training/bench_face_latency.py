@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", action="append", default=None,
                         help="a checkpoint folder (default: the bundled model); repeat to compare, interleaved")
     parser.add_argument("--model", action="append", default=None,
-                        help="an architecture with random weights instead of a checkpoint; repeat to compare, interleaved")
+                        help="an architecture with random weights instead of a checkpoint; repeat to compare, "
+                             "interleaved")
     parser.add_argument("--compare-unfolded", action="store_true",
                         help="also time each model with its conv stem's batch norms not folded (mpafer.stems.Stem)")
     parser.add_argument("--compare-precision", action="store_true",
@@ -89,8 +90,8 @@ def main(argv=None) -> int:
         else:
             print("this CPU has no native bfloat16: no bf16 case to compare", file=sys.stderr)
     if args.json and len(cases) > 1:
-        print("--json reports one model: drop the extra --checkpoint, --compare-unfolded or --compare-precision",
-              file=sys.stderr)
+        print("--json reports one model: drop the extra --checkpoint or --model, --compare-unfolded or "
+              "--compare-precision", file=sys.stderr)
         return 2
 
     detector = FaceDetector()  # never used (crops are timed), but a Predictor wants one: share it
