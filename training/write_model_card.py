@@ -51,7 +51,7 @@ def text_image_phrase(summary0: dict) -> str:
 def stem_convs(stem_cfg: dict) -> str:
     """How many 3 x 3 convolutions each stage of the VGG stem holds (two each unless the config says)."""
     depths = stem_cfg.get("depths")
-    if not depths or len(set(depths)) == 1 and depths[0] == 2:
+    if not depths or set(depths) == {2}:
         return "double 3 x 3 convs"
     return f"3 x 3 convs, {'/'.join(map(str, depths))} per stage"
 
