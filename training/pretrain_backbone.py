@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="FERPlus pack folder (train_1..3.npz, valid.npz, test.npz)")
     parser.add_argument("--out", required=True, help="output model folder (best epoch) and run state")
-    parser.add_argument("--model", default="mpafer-face-minilm", help="model config name (mpafer/model_configs)")
+    parser.add_argument("--model", default="mpafer-face-minilm-deepstem",
+                        help="model config name (mpafer/model_configs); the default is the bundled model's")
     parser.add_argument("--bank", default="ferplus")
     parser.add_argument("--text-pool", choices=("bank", "bank+descriptions"), default="bank+descriptions",
                         help="training texts: the bank's prompts, or also each description without its class "
