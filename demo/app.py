@@ -101,6 +101,15 @@ HEAT_CLASS_INFO = "starts at the expression the model sees; pick another to comp
 CONTRAST_CLASS_INFO = "why the expression picked above rather than this one; starts at the runner-up"
 
 
+def model_label(predictor) -> str:
+    """The page's model line: a folder of this checkout by its path in the repo, any other
+    folder by its name (a public page should not show the host's directories)."""
+    if predictor.untrained:
+        return predictor.source
+    folder = Path(predictor.source).resolve()
+    return str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else folder.name
+
+
 def build_app(predictor):
     """The whole UI as one ``gr.Blocks``, wired to the handlers with ``predictor``."""
     import gradio as gr
@@ -145,7 +154,7 @@ def build_app(predictor):
         gr.Markdown(ABOUT, elem_id="about-note")
         if predictor.untrained:
             gr.Markdown(UNTRAINED_BANNER, elem_id="untrained-banner")
-        gr.Markdown(f"<small>Model: {predictor.source}</small>")
+        gr.Markdown(f"<small>Model: {model_label(predictor)}</small>")
         session = gr.State(None, time_to_live=STATE_TTL_S)
 
         with gr.Tab("Photo"):

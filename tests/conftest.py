@@ -56,17 +56,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def served_app(concurrency: int | None = None):
-    """The demo with the untrained model on a free loopback port, in this process; yields (demo, temp dir)."""
+def served_app(concurrency: int | None = None, checkpoint: str | None = "untrained"):
+    """The demo on a free loopback port, in this process; yields (demo, temp dir). ``checkpoint``: the
+    untrained model by default (fast, no bundle needed); None serves the bundled default model."""
     import sys
 
     sys.path.insert(0, str(REPO))
     from demo.app import LAUNCH_OPTIONS, build_app, private_temp_dir
-    from mpafer.predictor import UNTRAINED, Predictor
+    from mpafer.predictor import Predictor
 
     saved = os.environ.get("GRADIO_TEMP_DIR")
     temp = private_temp_dir()
-    predictor = Predictor(UNTRAINED)
+    predictor = Predictor(checkpoint)  # "untrained" is mpafer.predictor.UNTRAINED
     demo = build_app(predictor)
     queue = demo.queue(default_concurrency_limit=concurrency) if concurrency else demo.queue()
     queue.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,

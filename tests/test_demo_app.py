@@ -48,3 +48,17 @@ def test_checkpoint_flag_defaults_to_the_environment(monkeypatch):
     assert parse_args([]).checkpoint is None  # the bundled model
     monkeypatch.setenv("MPAFER_CHECKPOINT", "untrained")
     assert parse_args([]).checkpoint == "untrained" and parse_args(["--checkpoint", "x"]).checkpoint == "x"
+
+
+def test_model_line_shows_no_host_directories(tmp_path):
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO))
+    from demo.app import model_label
+
+    bundled = SimpleNamespace(untrained=False, source=str(REPO / "assets" / "models" / "mpafer-ferplus-default"))
+    elsewhere = SimpleNamespace(untrained=False, source=str(tmp_path / "runs" / "my-model"))
+    untrained = SimpleNamespace(untrained=True, source="untrained fallback (mpafer-tiny-face, random weights)")
+    assert model_label(bundled) == "assets/models/mpafer-ferplus-default"
+    assert model_label(elsewhere) == "my-model"
+    assert model_label(untrained) == untrained.source

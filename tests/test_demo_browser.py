@@ -2,7 +2,9 @@
 (fake) webcam showing a face and check the live view keeps up.
 
 Uses Debian's /usr/bin/chromium through pip's playwright (never `playwright install`); skips
-when either is missing. MPAFER_SCREENSHOTS=1 also saves docs/screenshots/demo.png and live.png.
+when either is missing. MPAFER_SCREENSHOTS=1 serves the bundled default model instead of the untrained
+one and saves docs/screenshots/demo.png and live.png (README's pictures):
+    MPAFER_SCREENSHOTS=1 python -m pytest -q tests/test_demo_browser.py
 """
 import os
 import re
@@ -22,6 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = REPO / "docs" / "screenshots"
+TAKE_SCREENSHOTS = os.environ.get("MPAFER_SCREENSHOTS") == "1"
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +34,8 @@ def app_url():
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    with served_app() as (demo, _):
+    # screenshots show what users see: the bundled model (the tests hold for either)
+    with served_app(checkpoint=None if TAKE_SCREENSHOTS else "untrained") as (demo, _):
         yield demo.local_url
 
 
@@ -84,7 +88,10 @@ def _save_screenshot(page, name: str, height: int = 1720) -> None:
 def test_upload_shows_label_heatmap_and_descriptions(page):
     from playwright.sync_api import expect
 
-    expect(page.locator("#untrained-banner")).to_contain_text("untrained")
+    if TAKE_SCREENSHOTS:
+        expect(page.locator("#untrained-banner")).to_have_count(0)
+    else:
+        expect(page.locator("#untrained-banner")).to_contain_text("untrained")
     page.locator("#photo-input input[type=file]").set_input_files(str(ASTRONAUT))
     expect(page.locator("#message")).to_contain_text("One face", timeout=60_000)
 
@@ -108,7 +115,7 @@ def test_upload_shows_label_heatmap_and_descriptions(page):
     expect(preview).to_be_visible()
     assert page.evaluate("img => img.complete && img.naturalWidth", preview.element_handle()) > 0
 
-    if os.environ.get("MPAFER_SCREENSHOTS") == "1":
+    if TAKE_SCREENSHOTS:
         _save_screenshot(page, "demo.png")
 
 
@@ -139,7 +146,7 @@ def test_outlines_contrast_occlusion_and_gradcam_for_the_picked_class(page):
     expect(page.locator("#occlusion")).to_contain_text("mouth")
     expect(page.locator("#occlusion")).to_contain_text("points")
     # another B in the second picker redraws the contrast
-    from mpafer.data.classes import FERPLUS_CLASSES  # the untrained model's classes
+    from mpafer.data.classes import FERPLUS_CLASSES  # both models' classes
 
     first_src = contrast.get_attribute("src")
     other = next(name for name in FERPLUS_CLASSES if name not in (predicted, runner))
@@ -231,6 +238,6 @@ def test_live_webcam_keeps_up(page, monkeypatch):
     assert rate >= 5.0, f"live view updated {rate:.1f} times a second"
     assert all(ok for _, ok in calls[first:])
     assert max(averaged) >= 3  # labels averaged over several frames (about 0.5 s), not per frame
-    if os.environ.get("MPAFER_SCREENSHOTS") == "1":
+    if TAKE_SCREENSHOTS:
         _save_screenshot(page, "live.png", height=860)
     camera.locator("button", has_text="Stop").click()

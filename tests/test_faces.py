@@ -215,6 +215,44 @@ def test_the_retry_is_what_finds_the_tightest_crops():
         assert no_retry.detect(closeup(1.4)) == []
 
 
+def test_the_mirrored_look_maps_the_face_back(detector, astronaut):
+    # the same face found on the picture and on its mirror image: same box, eyes on the same sides
+    (plain,), _ = detector._find_padded(astronaut, 1.0)
+    (mirrored,), _ = detector._find_padded(astronaut, 1.0, mirror=True)
+    assert all(abs(a - b) <= 6 for a, b in zip(plain.box, mirrored.box))
+    for face in (plain, mirrored):
+        assert face.keypoints["right_eye"][0] < face.keypoints["nose_tip"][0] < face.keypoints["left_eye"][0]
+    assert close_to(mirrored.keypoints["right_eye"], plain.keypoints["right_eye"], 6)
+
+
+def test_the_brightened_look_lifts_dark_faces(detector, astronaut):
+    from mpafer.face_detection import _brighten
+
+    dark = astronaut.point(lambda v: v // 8)
+    lifted = np.asarray(_brighten(dark, 0.4).convert("L"), dtype=float)
+    assert lifted.mean() > 3 * np.asarray(dark.convert("L"), dtype=float).mean()
+    faces, _ = detector._find_padded(dark, 1.0, gamma=0.4)
+    assert len(faces) == 1 and close_to(faces[0].center, ASTRONAUT_FACE_CENTER, 20)
+
+
+def test_retry_looks_run_in_order_until_one_finds_a_face(monkeypatch):
+    from mpafer import face_detection
+
+    tried = []
+    found = Face((10.0, 10.0, 60.0, 60.0), 0.9, {})
+
+    def fake_find_padded(self, rgb, scale, **look):
+        tried.append(look)
+        return ([found] if look.get("mirror") else []), scale
+
+    monkeypatch.setattr(face_detection.FaceDetector, "_find_padded", fake_find_padded)
+    with FaceDetector() as patched:
+        faces = patched.detect(Image.open(NO_FACES[0]).convert("RGB"))
+    assert tried == [{}, {"mirror": True}]  # the brightened look is not needed
+    assert [face.box for face in faces] == [found.box]
+    assert face_detection.RETRY_LOOKS[-1] == {"gamma": 0.4}
+
+
 def test_boxes_map_back_from_a_large_photo(detector, astronaut):
     # 3000x2000 canvas: detection runs on a 2048 px copy (the face is 7 % of it); the box
     # must land on the original.
