@@ -84,3 +84,17 @@ def test_two_architectures_are_timed_interleaved(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("mpafer-tiny (random weights)") and lines[1].startswith("mpafer-tiny-stem (random")
+
+
+def test_compare_traced_adds_a_traced_case_per_model(capsys, tmp_path):
+    from mpafer.backbone import BackboneConfig
+    from mpafer.checkpoint import save_checkpoint
+    from mpafer.model import MPAFERConfig, create_model
+
+    save_checkpoint(create_model(MPAFERConfig(backbone=BackboneConfig("mpafer-tiny-stem"))), tmp_path / "a")
+    bench = load_script(ROOT / "training" / "bench_face_latency.py")
+    assert bench.main(["--checkpoint", str(tmp_path / "a"), "--compare-traced", "--runs", "3", "--warmup", "1",
+                       "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "(traced)" in lines[1] and "fp32" in lines[1]
+    assert bench.main(["--checkpoint", str(tmp_path / "a"), "--compare-traced", "--json"]) == 2

@@ -8,8 +8,10 @@
     python training/bench_face_latency.py --checkpoint A --checkpoint B   # A against B, call by call
     python training/bench_face_latency.py --compare-unfolded       # and the same with the stem run module by module
     python training/bench_face_latency.py --compare-precision      # and the same in the other precision
+    python training/bench_face_latency.py --compare-traced         # and through a frozen TorchScript copy
+    python training/bench_face_latency.py --compare-compiled       # and through torch.compile (training/traced_forward.py)
 
-Several models (or ``--compare-unfolded``, ``--compare-precision``) are timed interleaved, one call each in turn in one
+Several models (or ``--compare-unfolded``, ``--compare-precision``, ``--compare-traced``, ``--compare-compiled``) are timed interleaved, one call each in turn in one
 process, so a noisy shared machine slows them alike and their ratio survives when the absolute
 times do not.
 
@@ -41,6 +43,7 @@ from mpafer.faces import FaceDetector  # noqa: E402
 from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision, native_bf16  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
 from mpafer.stems import Stem  # noqa: E402
+from training.traced_forward import CompiledForward, TracedForward  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -54,6 +57,10 @@ def main(argv=None) -> int:
                         help="also time each model with its conv stem's batch norms not folded (mpafer.stems.Stem)")
     parser.add_argument("--compare-precision", action="store_true",
                         help="also time each model in the other precision (bf16 autocast against float32)")
+    parser.add_argument("--compare-traced", action="store_true",
+                        help="also time each model's forward as a frozen TorchScript copy (float32; the Predictor runs it eagerly)")
+    parser.add_argument("--compare-compiled", action="store_true",
+                        help="also time it through torch.compile with freezing (float32; compiled before the timings)")
     parser.add_argument("--depth", type=int, default=8, help="visual prompt depth with --model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
@@ -89,9 +96,16 @@ def main(argv=None) -> int:
             cases += [(f"{source} ({other})", index, fold, other) for source, index, fold, _ in list(cases)]
         else:
             print("this CPU has no native bfloat16: no bf16 case to compare", file=sys.stderr)
+    copies = {}  # (index, " (traced)" or " (compiled)") -> a compiled copy of that model's forward
+    eager_fp32 = [case for case in cases if case[3] == "fp32" and case[2]]
+    for wanted, suffix, make in ((args.compare_traced, " (traced)", TracedForward),
+                                 (args.compare_compiled, " (compiled)", CompiledForward)):
+        for source, index, _, p in eager_fp32 if wanted else ():
+            copies[(index, suffix)] = make(models[index][1].eval())
+            cases.append((source + suffix, index, True, p))
     if args.json and len(cases) > 1:
-        print("--json reports one model: drop the extra --checkpoint or --model, --compare-unfolded or "
-              "--compare-precision", file=sys.stderr)
+        print("--json reports one model: drop the extra --checkpoint or --model or the --compare-* flags",
+              file=sys.stderr)
         return 2
 
     detector = FaceDetector()  # never used (crops are timed), but a Predictor wants one: share it
@@ -106,12 +120,24 @@ def main(argv=None) -> int:
             stem.fold_for_inference = fold
 
     def one_call(case: int) -> None:
-        _, index, _, p = cases[case]
+        source, index, _, p = cases[case]
         predictor = predictors[(index, p)]
-        predictor.forward(predictor.preprocess([crop]))
+        batch = predictor.preprocess([crop])
+        suffix = next((s for s in (" (traced)", " (compiled)") if source.endswith(s)), None)
+        if suffix is None:
+            predictor.forward(batch)
+            return
+        # Predictor.forward's float32 path with the compiled copy in place of the model
+        tta = predictor.protocol.tta_flip
+        output = copies[(index, suffix)](torch.cat([batch, batch.flip(-1)]) if tta else batch)
+        probabilities = output.probabilities.cpu()
+        if tta:
+            probabilities = (probabilities[:1] + probabilities[1:]) / 2
 
     def ran_under_bf16(case: int) -> bool:
         """What the case's model call really ran under (read once, outside the timings)."""
+        if cases[case][0].endswith((" (traced)", " (compiled)")):
+            return False  # a frozen float32 graph, no autocast in it
         seen = []
         hook = models[cases[case][1]][1].register_forward_pre_hook(lambda *_: seen.append(cpu_bf16_autocast()))
         try:
