@@ -98,3 +98,21 @@ def test_compare_traced_adds_a_traced_case_per_model(capsys, tmp_path):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "(traced)" in lines[1] and "fp32" in lines[1]
     assert bench.main(["--checkpoint", str(tmp_path / "a"), "--compare-traced", "--json"]) == 2
+
+
+def test_compare_no_tta_times_the_model_with_and_without_its_flip(capsys, tmp_path):
+    import dataclasses
+
+    from mpafer.backbone import BackboneConfig
+    from mpafer.checkpoint import save_checkpoint
+    from mpafer.model import MPAFERConfig, create_model
+
+    model = create_model(MPAFERConfig(backbone=BackboneConfig("mpafer-tiny-stem")))
+    model.config.input = dataclasses.replace(model.config.input, tta_flip=True)
+    save_checkpoint(model, tmp_path / "a")
+    bench = load_script(ROOT / "training" / "bench_face_latency.py")
+    assert bench.main(["--checkpoint", str(tmp_path / "a"), "--compare-no-tta", "--runs", "3", "--warmup", "1",
+                       "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "flip TTA True" in lines[0]
+    assert "(no flip TTA)" in lines[1] and "flip TTA False" in lines[1]

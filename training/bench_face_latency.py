@@ -10,8 +10,9 @@
     python training/bench_face_latency.py --compare-precision      # and the same in the other precision
     python training/bench_face_latency.py --compare-traced         # and through a frozen TorchScript copy
     python training/bench_face_latency.py --compare-compiled       # and through torch.compile (training/traced_forward.py)
+    python training/bench_face_latency.py --compare-no-tta         # and without the protocol's flip TTA
 
-Several models (or ``--compare-unfolded``, ``--compare-precision``, ``--compare-traced``, ``--compare-compiled``) are timed interleaved, one call each in turn in one
+Several models (or any ``--compare-*`` flag) are timed interleaved, one call each in turn in one
 process, so a noisy shared machine slows them alike and their ratio survives when the absolute
 times do not.
 
@@ -23,6 +24,7 @@ in the same batch) -> probabilities.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
                         help="also time each model's forward as a frozen TorchScript copy (float32; the Predictor runs it eagerly)")
     parser.add_argument("--compare-compiled", action="store_true",
                         help="also time it through torch.compile with freezing (float32; compiled before the timings)")
+    parser.add_argument("--compare-no-tta", action="store_true",
+                        help="also time each model without flip TTA (one image per face instead of two)")
     parser.add_argument("--depth", type=int, default=8, help="visual prompt depth with --model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
@@ -103,6 +107,12 @@ def main(argv=None) -> int:
         for source, index, _, p in eager_fp32 if wanted else ():
             copies[(index, suffix)] = make(models[index][1].eval())
             cases.append((source + suffix, index, True, p))
+    no_tta = " (no flip TTA)"
+    for source, index, _, p in eager_fp32 if args.compare_no_tta else ():
+        if models[index][1].config.input.tta_flip:
+            cases.append((source + no_tta, index, True, p))
+        else:
+            print(f"{source}: no flip TTA in its protocol, nothing to compare", file=sys.stderr)
     if args.json and len(cases) > 1:
         print("--json reports one model: drop the extra --checkpoint or --model or the --compare-* flags",
               file=sys.stderr)
@@ -111,13 +121,17 @@ def main(argv=None) -> int:
     detector = FaceDetector()  # never used (crops are timed), but a Predictor wants one: share it
     predictors = {(index, p): Predictor(models[index][1].eval(), detector=detector, precision=p)
                   for _, index, _, p in cases}
+    protocols = {key: predictor.protocol for key, predictor in predictors.items()}
     crop = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
     times = [[] for _ in cases]
 
     def switch(case: int) -> None:  # outside the timed window
-        _, index, fold, _ = cases[case]
+        source, index, fold, p = cases[case]
         for stem in stems[index]:
             stem.fold_for_inference = fold
+        protocol = protocols[(index, p)]
+        predictors[(index, p)].protocol = (dataclasses.replace(protocol, tta_flip=False)
+                                           if source.endswith(no_tta) else protocol)
 
     def one_call(case: int) -> None:
         source, index, _, p = cases[case]
@@ -171,10 +185,14 @@ def main(argv=None) -> int:
         detector.close()
         for stem in (stem for model_stems in stems for stem in model_stems):
             stem.fold_for_inference = True
+        for key, protocol in protocols.items():
+            predictors[key].protocol = protocol
     for (source, index, _, _), samples, bf16 in zip(cases, times, ran_bf16):
         model = models[index][1]
         samples.sort()
         protocol = model.config.input
+        if source.endswith(no_tta):
+            protocol = dataclasses.replace(protocol, tta_flip=False)
         median, p10, p90 = statistics.median(samples), samples[len(samples) // 10], samples[9 * len(samples) // 10]
         if args.json:
             print(json.dumps({"model": source, "image_size": model.image_size, "grey": protocol.grey,
