@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,6 +47,16 @@ from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision,
 from mpafer.predictor import Predictor  # noqa: E402
 from mpafer.stems import Stem  # noqa: E402
 from training.traced_forward import CompiledForward, TracedForward  # noqa: E402
+
+
+class Case(NamedTuple):
+    """One timed path: ``models[index]`` with its stem folded or not, in ``precision``, as ``variant``."""
+
+    label: str
+    index: int
+    fold: bool
+    precision: str
+    variant: str = "eager"  # or "traced", "compiled" (a compiled copy in the model's place), "no-tta"
 
 
 def main(argv=None) -> int:
@@ -87,74 +98,74 @@ def main(argv=None) -> int:
             return 2
         models = [(str(path), load_checkpoint(path)) for path in paths]
     precision = effective_precision("cpu", args.precision)  # what Predictor(precision=...) runs here
-    # (label, index into models, stem folded?, precision): each case is a Predictor's own forward path
-    cases = [(source, index, True, precision) for index, (source, _) in enumerate(models)]
+    # each case is a Predictor's own forward path: a model, its stem folded or not, a precision, and a
+    # variant ("eager"; "traced"/"compiled": a compiled copy in the model's place; "no-tta": no flip)
+    cases = [Case(source, index, True, precision) for index, (source, _) in enumerate(models)]
     stems = [[m for m in model.modules() if isinstance(m, Stem)] for _, model in models]
     if args.compare_unfolded:  # only models with a conv stem have something to unfold
-        cases += [(source + " (stem unfolded)", index, False, p) for source, index, _, p in list(cases) if stems[index]]
+        cases += [case._replace(label=case.label + " (stem unfolded)", fold=False) for case in list(cases)
+                  if stems[case.index]]
         for source, _ in (m for m, found in zip(models, stems) if not found):
             print(f"{source}: no conv stem, nothing to unfold", file=sys.stderr)
     if args.compare_precision:
         other = "fp32" if precision == "bf16" else "bf16"
         if other == "fp32" or native_bf16("cpu"):
-            cases += [(f"{source} ({other})", index, fold, other) for source, index, fold, _ in list(cases)]
+            cases += [case._replace(label=f"{case.label} ({other})", precision=other) for case in list(cases)]
         else:
             print("this CPU has no native bfloat16: no bf16 case to compare", file=sys.stderr)
-    copies = {}  # (index, " (traced)" or " (compiled)") -> a compiled copy of that model's forward
-    eager_fp32 = [case for case in cases if case[3] == "fp32" and case[2]]
-    for wanted, suffix, make in ((args.compare_traced, " (traced)", TracedForward),
-                                 (args.compare_compiled, " (compiled)", CompiledForward)):
-        for source, index, _, p in eager_fp32 if wanted else ():
-            copies[(index, suffix)] = make(models[index][1].eval())
-            cases.append((source + suffix, index, True, p))
-    no_tta = " (no flip TTA)"
-    for source, index, _, p in eager_fp32 if args.compare_no_tta else ():
-        if models[index][1].config.input.tta_flip:
-            cases.append((source + no_tta, index, True, p))
+    copies = {}  # (model index, variant) -> a compiled copy of that model's forward
+    eager_fp32 = [case for case in cases if case.precision == "fp32" and case.fold]
+    for wanted, variant, make in ((args.compare_traced, "traced", TracedForward),
+                                  (args.compare_compiled, "compiled", CompiledForward)):
+        for case in eager_fp32 if wanted else ():
+            copies[(case.index, variant)] = make(models[case.index][1].eval())
+            cases.append(case._replace(label=f"{case.label} ({variant})", variant=variant))
+    for case in eager_fp32 if args.compare_no_tta else ():
+        if models[case.index][1].config.input.tta_flip:
+            cases.append(case._replace(label=case.label + " (no flip TTA)", variant="no-tta"))
         else:
-            print(f"{source}: no flip TTA in its protocol, nothing to compare", file=sys.stderr)
+            print(f"{case.label}: no flip TTA in its protocol, nothing to compare", file=sys.stderr)
     if args.json and len(cases) > 1:
         print("--json reports one model: drop the extra --checkpoint or --model or the --compare-* flags",
               file=sys.stderr)
         return 2
 
     detector = FaceDetector()  # never used (crops are timed), but a Predictor wants one: share it
-    predictors = {(index, p): Predictor(models[index][1].eval(), detector=detector, precision=p)
-                  for _, index, _, p in cases}
+    predictors = {(case.index, case.precision): Predictor(models[case.index][1].eval(), detector=detector,
+                                                          precision=case.precision) for case in cases}
     protocols = {key: predictor.protocol for key, predictor in predictors.items()}
     crop = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
     times = [[] for _ in cases]
 
-    def switch(case: int) -> None:  # outside the timed window
-        source, index, fold, p = cases[case]
-        for stem in stems[index]:
-            stem.fold_for_inference = fold
-        protocol = protocols[(index, p)]
-        predictors[(index, p)].protocol = (dataclasses.replace(protocol, tta_flip=False)
-                                           if source.endswith(no_tta) else protocol)
+    def restore() -> None:
+        for stem in (stem for model_stems in stems for stem in model_stems):
+            stem.fold_for_inference = True
+        for (index, p), predictor in predictors.items():
+            predictor.model, predictor.protocol = models[index][1], protocols[(index, p)]
 
-    def one_call(case: int) -> None:
-        source, index, _, p = cases[case]
-        predictor = predictors[(index, p)]
-        batch = predictor.preprocess([crop])
-        suffix = next((s for s in (" (traced)", " (compiled)") if source.endswith(s)), None)
-        if suffix is None:
-            predictor.forward(batch)
-            return
-        # Predictor.forward's float32 path with the compiled copy in place of the model
-        tta = predictor.protocol.tta_flip
-        output = copies[(index, suffix)](torch.cat([batch, batch.flip(-1)]) if tta else batch)
-        probabilities = output.probabilities.cpu()
-        if tta:
-            probabilities = (probabilities[:1] + probabilities[1:]) / 2
+    def switch(case: Case) -> None:  # outside the timed window
+        for stem in stems[case.index]:
+            stem.fold_for_inference = case.fold
+        predictor = predictors[(case.index, case.precision)]
+        predictor.model = models[case.index][1]
+        protocol = protocols[(case.index, case.precision)]
+        predictor.protocol = dataclasses.replace(protocol, tta_flip=False) if case.variant == "no-tta" else protocol
 
-    def ran_under_bf16(case: int) -> bool:
+    def one_call(case: Case) -> None:
+        predictor = predictors[(case.index, case.precision)]
+        batch = predictor.preprocess([crop])  # reads the model's input size and normalisation
+        if (case.index, case.variant) in copies:  # Predictor.forward, the compiled copy in the model's place
+            predictor.model = copies[(case.index, case.variant)]
+        predictor.forward(batch)
+
+    def ran_under_bf16(case: Case) -> bool:
         """What the case's model call really ran under (read once, outside the timings)."""
-        if cases[case][0].endswith((" (traced)", " (compiled)")):
+        if (case.index, case.variant) in copies:
             return False  # a frozen float32 graph, no autocast in it
         seen = []
-        hook = models[cases[case][1]][1].register_forward_pre_hook(lambda *_: seen.append(cpu_bf16_autocast()))
+        hook = models[case.index][1].register_forward_pre_hook(lambda *_: seen.append(cpu_bf16_autocast()))
         try:
+            switch(case)
             one_call(case)
         finally:
             hook.remove()
@@ -163,35 +174,32 @@ def main(argv=None) -> int:
     try:
         with torch.inference_mode():
             for run in range(args.warmup + args.runs):
-                for index in range(len(cases)):
-                    switch(index)
+                for index, case in enumerate(cases):
+                    switch(case)
                     start = time.perf_counter()
-                    one_call(index)
+                    one_call(case)
                     if run >= args.warmup:
                         times[index].append((time.perf_counter() - start) * 1000)
-            ran_bf16 = [ran_under_bf16(index) for index in range(len(cases))]
+            ran_bf16 = [ran_under_bf16(case) for case in cases]
             if args.profile:  # separate runs: the profiler's overhead stays out of the timings above
-                switch(0)
+                switch(cases[0])
                 with torch.profiler.profile(record_shapes=True) as profiler:
                     for _ in range(args.runs):
-                        one_call(0)
+                        one_call(cases[0])
                 # per input shape: each layer's time, so its FLOP rate can be read against the CPU's peak
                 print(profiler.key_averages(group_by_input_shape=True).table(
                     sort_by="self_cpu_time_total", row_limit=16, max_name_column_width=28,
                     max_shapes_column_width=64), file=sys.stderr)
     finally:
+        restore()
         for predictor in predictors.values():
             predictor.close()
         detector.close()
-        for stem in (stem for model_stems in stems for stem in model_stems):
-            stem.fold_for_inference = True
-        for key, protocol in protocols.items():
-            predictors[key].protocol = protocol
-    for (source, index, _, _), samples, bf16 in zip(cases, times, ran_bf16):
-        model = models[index][1]
+    for case, samples, bf16 in zip(cases, times, ran_bf16):
+        source, model = case.label, models[case.index][1]
         samples.sort()
         protocol = model.config.input
-        if source.endswith(no_tta):
+        if case.variant == "no-tta":
             protocol = dataclasses.replace(protocol, tta_flip=False)
         median, p10, p90 = statistics.median(samples), samples[len(samples) // 10], samples[9 * len(samples) // 10]
         if args.json:

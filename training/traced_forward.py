@@ -38,13 +38,31 @@ class OutputTensors(nn.Module):
         return tuple(getattr(output, name) for name in _FIELDS)
 
 
-class TracedForward:
-    """``model(images, with_text_tokens=False)`` as a frozen TorchScript graph; call it like the
-    model, get an ``MPAFEROutput`` (its ``text`` is the eager model's, computed once)."""
+class _FrozenCopy:
+    """Called like the model, returns an ``MPAFEROutput`` (its ``text`` the eager model's, computed
+    once); subclasses set ``module``, ``text`` and the grad mode their module runs under."""
+
+    module: object
+    text: object
+    grad_mode = staticmethod(torch.no_grad)
+
+    @staticmethod
+    def _check_eval(model: MPAFER) -> None:
+        if model.training:
+            raise ValueError("copy an eval-mode model: model.eval() first")
+
+    def __call__(self, images: torch.Tensor, with_text_tokens: bool = False) -> MPAFEROutput:
+        if with_text_tokens:
+            raise ValueError("a frozen copy has no text tokens: call the model itself")
+        with self.grad_mode():
+            return MPAFEROutput(*self.module(images), text=self.text)
+
+
+class TracedForward(_FrozenCopy):
+    """``model(images, with_text_tokens=False)`` as a frozen TorchScript graph."""
 
     def __init__(self, model: MPAFER, tolerance: float = 1e-4):
-        if model.training:
-            raise ValueError("trace an eval-mode model: model.eval() first")
+        self._check_eval(model)
         side = model.image_size
         example = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
         with torch.no_grad(), warnings.catch_warnings():
@@ -59,34 +77,23 @@ class TracedForward:
                 raise RuntimeError(f"the traced forward differs from the model on {name!r}: use the model itself")
         self.text = reference.text
 
-    def __call__(self, images: torch.Tensor, with_text_tokens: bool = False) -> MPAFEROutput:
-        if with_text_tokens:
-            raise ValueError("the traced forward has no text tokens: call the model itself")
-        with torch.no_grad():
-            return MPAFEROutput(*self.module(images), text=self.text)
 
-
-class CompiledForward:
+class CompiledForward(_FrozenCopy):
     """The same through ``torch.compile`` with Inductor's freezing (weights become constants and are
     pre-packed for oneDNN); compiled for the first batch size it sees, when made (``batch``)."""
+
+    # compiled and called under inference mode only: a call in another grad mode would recompile,
+    # and without the freezing that is read at compile time
+    grad_mode = staticmethod(torch.inference_mode)
 
     def __init__(self, model: MPAFER, batch: int = 2):
         import torch._inductor.config as inductor_config
 
-        if model.training:
-            raise ValueError("compile an eval-mode model: model.eval() first")
+        self._check_eval(model)
         self.module = torch.compile(OutputTensors(model).eval(), dynamic=False)
         side = model.image_size
-        # compiled and called under inference mode only: a call in another grad mode would
-        # recompile, and without the freezing that is read at compile time
-        with torch.inference_mode():
+        with self.grad_mode():
             example = torch.zeros(batch, 3, side, side)
             self.text = model(example, with_text_tokens=False).text
             with inductor_config.patch(freezing=True):
                 self.module(example)  # the compile, outside any timing
-
-    def __call__(self, images: torch.Tensor, with_text_tokens: bool = False) -> MPAFEROutput:
-        if with_text_tokens:
-            raise ValueError("the compiled forward has no text tokens: call the model itself")
-        with torch.inference_mode():
-            return MPAFEROutput(*self.module(images), text=self.text)
