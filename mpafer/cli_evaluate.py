@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average each face's prediction with its mirror image's "
                              "(default: as the checkpoint's input protocol says)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto (default, as Predictor): float32 on a CPU, bf16 autocast on a GPU; bf16: "
-                             "wherever bfloat16 is native (float32, with a warning, where it would be emulated)")
+                        help="auto (default): float32 on a CPU, exact on every machine; bf16 autocast on a GPU. "
+                             "bf16: wherever bfloat16 is native (on a CPU the bfloat16 image-tower copy that "
+                             "Predictor's auto runs there; float32, with a warning, where it would be emulated)")
     parser.add_argument("--confusion", metavar="PATH.png", help="also save the confusion matrix as a PNG")
     parser.add_argument("--image-size", type=whole_number(1, words=(NATIVE,)), default=None,
                         help="size faces are decoded at before the model resizes them: pixels or 'native' "

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .input_protocol import to_grey
-from .precision import autocast
+from .bf16_inference import Bf16ImageTower
+from .precision import autocast, effective_precision, uses_bf16_tower
 from .transforms import to_model_input
 
 
@@ -68,16 +69,22 @@ def predict_probabilities(model, images, batch_size: int = 256, tta_flip: bool |
     With ``tta_flip`` each image's probabilities are averaged with its mirror image's; None follows
     the model's input protocol, which also says whether faces are turned grey first. ``precision``
     "auto": bf16 on CUDA, as in training; float32 on a CPU, so results are exact and reproducible.
+    "bf16" on a CPU runs the bfloat16 image-tower copy that ``Predictor`` runs there (``mpafer.bf16_inference``).
     """
     protocol = model.config.input
     if tta_flip is None:
         tta_flip = protocol.tta_flip
     if len(images) == 0:
         return torch.zeros(0, model.num_classes)
+    score = lambda x: model(x).probabilities  # noqa: E731
+    precision = effective_precision(model.device, precision)
+    if uses_bf16_tower(model.device, precision):  # bf16 on a CPU: the tower copy the Predictor runs
+        tower = Bf16ImageTower(model)
+        score, precision = (lambda x: tower(x).probabilities), "fp32"  # no autocast around it
     was_training = model.training
     model.eval()
     try:
-        return batched_scores(lambda x: model(x).probabilities, images, model.image_size, model.backbone_info.mean,
+        return batched_scores(score, images, model.image_size, model.backbone_info.mean,
                               model.backbone_info.std, model.device, batch_size, tta_flip, protocol.grey,
                               precision, progress, desc)
     finally:

@@ -7,7 +7,7 @@ prototypes are fixed tensors computed once from the frozen model.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from .cgla import cgla_scores, patch_text_similarity, to_grid
 from .descriptions import HardPrompt, load_bank
 from .input_protocol import InputProtocol
 from .losses import LossConfig
-from .prompts import (DeepVisualPrompts, TextPromptLearner, class_means, content_mask, l2_normalize,
+from .prompts import (DeepVisualPrompts, ImageFeatures, TextPromptLearner, class_means, content_mask, l2_normalize,
                       text_encoder_for, visual_features)
 
 
@@ -249,7 +249,12 @@ class MPAFER(nn.Module):
     # ---- image side --------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, prompted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, D) global and (B, N, D) patch features; prompted=False is the frozen CLIP."""
-        features = visual_features(self.clip.visual, images, self.visual_prompts if prompted else None)
+        return self.image_embeddings(visual_features(self.clip.visual, images,
+                                                     self.visual_prompts if prompted else None))
+
+    def image_embeddings(self, features: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image tower's raw outputs -> the normalised float32 pair ``encode_image`` returns (another
+        copy of the tower, such as ``mpafer.bf16_inference``'s, hands its outputs on through here)."""
         pooled = l2_normalize(features.pooled)
         if self.config.generic_direction_out:
             direction = self.generic_direction()
@@ -264,10 +269,19 @@ class MPAFER(nn.Module):
         """(B, N, D) patches x (T, D) texts -> (B, T, H, W) maps: where each text matches the face."""
         return to_grid(patch_text_similarity(patch_features, text_features), self.grid)
 
-    def forward(self, images: torch.Tensor, with_text_tokens: bool | None = None) -> MPAFEROutput:
+    def forward(self, images: torch.Tensor, with_text_tokens: bool | None = None,
+                image_encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> MPAFEROutput:
+        """``image_encoder``: a stand-in for ``encode_image`` with the same outputs, such as the bfloat16 copy
+        of the image tower that CPU inference runs (``mpafer.bf16_inference``)."""
+        encode = image_encoder or self.encode_image
+        return self.classify(*encode(images), with_text_tokens=with_text_tokens)
+
+    def classify(self, image_features: torch.Tensor, patch_features: torch.Tensor,
+                 with_text_tokens: bool | None = None) -> MPAFEROutput:
+        """CGLA over faces already encoded (``encode_image``'s pair): the rest of ``forward``."""
         if with_text_tokens is None:
             with_text_tokens = self.training and self.text_prompts is not None
-        image_features, patch_features = self.encode_image(images)
         text = self.class_text_features(with_tokens=with_text_tokens)
         scores = cgla_scores(image_features, patch_features, text.features, self.config.topk)
         logits = self.logit_scale * scores.combined(self.config.use_global, self.config.use_local)

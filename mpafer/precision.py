@@ -2,7 +2,7 @@
 
 ``precision``: "bf16" (autocast to bfloat16: GPUs, and CPUs with AVX-512-BF16 or AMX, where it
 trains the default model 1.3-3x faster than float32), "fp32", or "auto" (bf16 on CUDA, float32
-on a CPU, the safe choice on an unknown machine). "bf16" falls back to float32, with a warning,
+on a CPU, the safe choice on an unknown machine; for prediction see ``inference_precision``). "bf16" falls back to float32, with a warning,
 where the hardware has no native bfloat16: on an AVX2-only CPU autocast emulates it, and a
 stage-0 step took 25 s instead of 1.7 s in float32 (2-core AMD EPYC without AVX-512).
 On a CPU the attention kernel is pinned to the plain-math one: at ~150 tokens the flash kernel's
@@ -72,14 +72,28 @@ def autocast(device: torch.device | str, precision: str = "auto") -> Iterator[No
 
 
 # ---- inference ---------------------------------------------------------------------------------
-def inference_autocast(device: torch.device | str, precision: str):
-    """For prediction, given an effective ``precision``: bf16 autocast for "bf16", and for "fp32" nothing at
-    all, the exact float32 path (no attention-kernel pin either).
+def inference_precision(device: torch.device | str, precision: str = "auto") -> str:
+    """What ``Predictor(precision=...)`` runs: as ``effective_precision``, except that "auto" is bf16 also on a
+    CPU that computes bfloat16 natively. There bf16 runs a bfloat16 copy of the image tower
+    (``mpafer.bf16_inference``), not autocast: about a fifth less time per face than float32 on the 2-core
+    AVX-512-BF16/AMX development machine, with the same validation accuracy (README, "Measured numbers").
+    Autocast cast every weight on every call and saved only about 10 %, which is why "auto" was float32
+    on every CPU before. Evaluation's "auto" stays float32 on a CPU, so published accuracies are exact and
+    the same on every machine."""
+    if precision == "auto" and torch.device(device).type == "cpu" and native_bf16(device):
+        return "bf16"
+    return effective_precision(device, precision, _stacklevel=3)
 
-    On the 2-core Xeon with AMX the default model classified a face about 10 % faster under bf16 with the
-    same validation accuracy (README, "Measured numbers"): not enough to make bf16 a CPU default whose
-    numbers would then differ from machine to machine, so ``Predictor(precision="auto")`` is float32 on a
-    CPU, as ``autocast``'s "auto", and bf16 is asked for by name."""
-    if precision == "bf16":
+
+def uses_bf16_tower(device: torch.device | str, precision: str) -> bool:
+    """Whether an effective ``precision`` runs the bf16 image-tower copy (a CPU) rather than autocast."""
+    return precision == "bf16" and torch.device(device).type == "cpu"
+
+
+def inference_autocast(device: torch.device | str, precision: str):
+    """For prediction, given an effective ``precision``: bf16 autocast on a GPU; on a CPU nothing at all (bf16
+    there is the image-tower copy, and everything after the tower computes in float32), the exact float32
+    path (no attention-kernel pin either)."""
+    if precision == "bf16" and not uses_bf16_tower(device, precision):
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return nullcontext()

@@ -31,7 +31,8 @@ from .faces import (DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, cr
                     face_regions, limit_faces, region_masks)
 from .images import DEFAULT_MAX_SIDE, load_image
 from .model import MPAFER, MPAFERConfig, create_model
-from .precision import effective_precision, inference_autocast
+from .precision import inference_autocast, inference_precision, uses_bf16_tower
+from .bf16_inference import Bf16ImageTower
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,11 @@ class Predictor:
     ``checkpoint``: a checkpoint folder, an ``MPAFER`` model, ``UNTRAINED``, or None for the
     default (see ``resolve_model``). ``untrained`` is True when predictions are not meaningful.
     ``crop_size``: side of the crops that maps are drawn on (the model sees them resized).
-    ``precision``: "auto" (float32 on a CPU, bf16 autocast on a GPU), "bf16" (where the hardware has
-    native bfloat16; float32, with a warning, where it would be emulated) or "fp32". It applies to the
-    classifying pass (and occlusion, which reuses it); its outputs are handed on in float32, and
-    Grad-CAM, descriptions and probes compute in float32.
+    ``precision``: "auto" (bf16 where the hardware computes it natively, else float32), "bf16" (float32,
+    with a warning, where it would be emulated) or "fp32". bf16 is autocast on a GPU and a bfloat16 copy
+    of the image tower on a CPU (``mpafer.bf16_inference``). It applies to the classifying pass (and
+    occlusion, which reuses it); its outputs are handed on in float32, and Grad-CAM, descriptions and
+    probes compute in float32.
     """
 
     def __init__(self, checkpoint: str | Path | MPAFER | None = None, device: str | torch.device = "cpu",
@@ -188,7 +190,9 @@ class Predictor:
             raise ValueError(f"max_faces must be at least 1, got {max_faces}")
         self.model, self.source, self.untrained = resolve_model(checkpoint, device)
         self.device = torch.device(device)
-        self.precision = effective_precision(self.device, precision)
+        self.precision = inference_precision(self.device, precision)
+        # bf16 on a CPU: a bfloat16 copy of the image tower (made at the first call), not autocast
+        self.bf16_tower = Bf16ImageTower(self.model) if uses_bf16_tower(self.device, self.precision) else None
         self.max_faces = max_faces
         self.crop_size = crop_size
         self.protocol = self.model.config.input  # grey, framing and flip TTA, as the model was trained
@@ -223,13 +227,16 @@ class Predictor:
     def forward(self, batch: torch.Tensor):
         """The one forward pass of a batch; with the protocol's flip TTA the mirrored copies ride
         along in the same batch and their probabilities are averaged in (maps stay unflipped)."""
-        # float32 (the CPU default) hands the output on as it is: no per-frame copy of its fields
-        settle = _float32 if self.precision == "bf16" else (lambda output: output)
+        # float32 and the CPU's bf16 tower (scored in float32) hand the output on as it is: no per-frame copy
+        autocasts = self.precision == "bf16" and self.bf16_tower is None
+        settle = _float32 if autocasts else (lambda output: output)
+        # the tower calls the model too, with its bfloat16 copy as the image encoder
+        run = self.bf16_tower or (lambda images: self.model(images, with_text_tokens=False))
         with self._lock, torch.no_grad(), inference_autocast(self.device, self.precision):
             if not self.protocol.tta_flip:
-                output = settle(self.model(batch, with_text_tokens=False))
+                output = settle(run(batch))
                 return output, output.probabilities.cpu()
-            both = settle(self.model(torch.cat([batch, batch.flip(-1)]), with_text_tokens=False))
+            both = settle(run(torch.cat([batch, batch.flip(-1)])))
         n = batch.shape[0]
         probabilities = (both.probabilities[:n] + both.probabilities[n:]).cpu() / 2
         return _first(both, n), probabilities

@@ -8,6 +8,7 @@ own modules are never edited: ``visual.conv1`` is simply another module with the
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -119,6 +120,26 @@ def _fold_batch_norms(modules: list[nn.Module]) -> list:
         else:
             folded.append(None)
     return folded
+
+
+def folded_copy(stem: Stem) -> Stem:
+    """A new stem for inference only: each batch norm that follows a convolution folded into it for good
+    (the convolution gains a bias), nested modules copied as they are. Same outputs in eval mode."""
+    layers: list[nn.Module] = []
+    with torch.no_grad():
+        for module, folded in zip(stem, _fold_batch_norms(list(stem))):
+            if folded is FOLDED_AWAY:
+                continue
+            if folded is None:
+                layers.append(copy.deepcopy(module))
+                continue
+            conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                             module.padding, module.dilation, module.groups, bias=True,
+                             device=module.weight.device, dtype=module.weight.dtype)
+            conv.weight.copy_(folded[0])
+            conv.bias.copy_(folded[1])
+            layers.append(conv)
+    return Stem(*layers).eval()
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:

@@ -21,9 +21,12 @@ def run_bench(capsys, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_the_benchmark_runs_float32_by_default_as_predictor_does(capsys):
+@pytest.mark.parametrize("native", [True, False])
+def test_the_benchmark_runs_what_predictor_runs_by_default(capsys, monkeypatch, native):
+    """bf16 (the image-tower copy) where the CPU computes it natively, else float32."""
+    monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: native)
     report = run_bench(capsys)
-    assert report["precision"] == "fp32" and report["runs"] == 3
+    assert report["precision"] == ("bf16" if native else "fp32") and report["runs"] == 3
     assert 0 < report["p10_ms"] <= report["median_ms"] <= report["p90_ms"]
 
 

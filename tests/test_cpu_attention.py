@@ -49,3 +49,18 @@ def test_bf16_features_follow_float32_features(visual):
         fast = visual_features(visual, images)
     cosine = torch.nn.functional.cosine_similarity(exact.pooled, fast.pooled.float(), dim=-1)
     assert cosine.min() > 0.99
+
+
+def test_fused_attention_is_the_blocks_attention(visual):
+    """the bf16 inference copy's attention core: SDPA over the in-projection's output."""
+    from mpafer.cpu_attention import fused_attention
+
+    attn = visual.transformer.resblocks[0].attn
+    x = torch.randn(2, 17, attn.embed_dim)
+    with torch.no_grad():
+        qkv = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        ours = attn.out_proj(fused_attention(qkv, attn.num_heads))
+        theirs = attn(x, x, x, need_weights=False)[0]
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        rounded = attn.out_proj(fused_attention(qkv.bfloat16(), attn.num_heads).float())
+        assert (rounded - theirs).abs().max() < 0.05

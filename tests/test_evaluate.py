@@ -104,15 +104,16 @@ def test_cli_prints_one_json_object_and_saves_the_confusion_png(tiny_checkpoint,
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_cli_precision_bf16_runs_under_autocast_only_where_the_cpu_has_it(tiny_checkpoint, pack, capsys,
-                                                                          monkeypatch, native):
+def test_cli_precision_bf16_runs_the_bf16_tower_only_where_the_cpu_has_it(tiny_checkpoint, pack, capsys,
+                                                                           monkeypatch, native):
+    """on a CPU bf16 is the Predictor's bfloat16 image-tower copy, never autocast."""
     import contextlib
 
     import mpafer.evaluate
     import mpafer.precision
 
     monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: native)
-    seen = []
+    seen, towers = [], []
     real = mpafer.evaluate.autocast
 
     @contextlib.contextmanager
@@ -121,13 +122,20 @@ def test_cli_precision_bf16_runs_under_autocast_only_where_the_cpu_has_it(tiny_c
             seen.append(torch.is_autocast_enabled("cpu"))
             yield
 
+    class Counted(mpafer.evaluate.Bf16ImageTower):
+        def encode_image(self, images):
+            towers.append(images.shape[0])
+            return super().encode_image(images)
+
     monkeypatch.setattr(mpafer.evaluate, "autocast", spy)
+    monkeypatch.setattr(mpafer.evaluate, "Bf16ImageTower", Counted)
     with contextlib.nullcontext() if native else pytest.warns(RuntimeWarning, match="no native bfloat16"):
         code = cli_evaluate.main(["--data", str(pack), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
                                   "--json", "--precision", "bf16"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["precision"] == ("bf16" if native else "fp32")
-    assert seen and all(flag == native for flag in seen)
+    assert seen and not any(seen)
+    assert (sum(towers) > 0) == native
 
 
 def test_cli_accuracy_of_a_learnt_checkpoint_is_well_above_chance(learnt_checkpoint, capsys):

@@ -81,8 +81,9 @@ def test_group_is_classified_in_one_batch(predictor, count_forward):
 
 def test_results_match_the_model_on_the_same_crop(predictor):
     face = predictor.predict(ASTRONAUT)[0]
+    run = predictor.bf16_tower or predictor.model  # what "auto" runs on this CPU
     with torch.no_grad():
-        direct = predictor.model(predictor.preprocess([face.crop])).probabilities[0]
+        direct = run(predictor.preprocess([face.crop])).probabilities[0]
     assert list(face.probabilities.values()) == pytest.approx(direct.tolist(), abs=1e-5)
 
 
@@ -96,20 +97,32 @@ def test_precision_runs_the_classifying_pass_as_asked_and_hands_on_float32(predi
     seen = []
     original = chosen.model.forward
 
-    def watched(images, *args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
+    def watched(images, *args, **kwargs):  # on a CPU bf16 is the bfloat16 image-tower copy, never autocast
+        seen.append((torch.is_autocast_enabled("cpu"), kwargs.get("image_encoder")))
         return original(images, *args, **kwargs)
 
     monkeypatch.setattr(chosen.model, "forward", watched)
     batch = chosen.preprocess([Image.open(ASTRONAUT).convert("RGB").resize((224, 224))])
     output, probabilities = chosen.forward(batch)
-    assert seen == [wanted == "bf16"]
+    tower = chosen.bf16_tower
+    assert (tower is not None) == (wanted == "bf16")
+    assert seen == [(False, tower.encode_image if tower else None)]
     assert all(t.dtype == torch.float32 for t in (output.logits, output.maps, output.patch_features,
                                                    output.image_features, probabilities))
     with torch.no_grad():
         exact = chosen.model(batch).probabilities  # float32, outside any autocast
     tolerance = 1e-5 if wanted == "fp32" else 0.05  # bfloat16 keeps about 3 significant digits
     assert probabilities.tolist() == [pytest.approx(row, abs=tolerance) for row in exact.tolist()]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_runs_the_bf16_tower_only_where_the_cpu_computes_bf16(predictor, monkeypatch, native):
+    import mpafer.precision
+
+    monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: native)
+    chosen = Predictor(predictor.model, detector=predictor.detector)
+    assert chosen.precision == ("bf16" if native else "fp32")
+    assert (chosen.bf16_tower is not None) == native
 
 
 def test_fast_path_skips_descriptions(predictor):

@@ -4,10 +4,12 @@
     python training/bench_face_latency.py --checkpoint PATH
     python training/bench_face_latency.py --model mpafer-face-vit  # an architecture, random weights (repeat to compare)
     python training/bench_face_latency.py --profile                # and where the time goes (torch.profiler)
-    python training/bench_face_latency.py --precision bf16         # under bf16 autocast (Predictor's default: float32)
+    python training/bench_face_latency.py --precision fp32         # in float32 (Predictor's default where the CPU
+                                                                   # has no native bfloat16)
     python training/bench_face_latency.py --checkpoint A --checkpoint B   # A against B, call by call
     python training/bench_face_latency.py --compare-unfolded       # and the same with the stem run module by module
-    python training/bench_face_latency.py --compare-precision      # and the same in the other precision
+    python training/bench_face_latency.py --compare-precision      # and the same in the other precision (on a CPU,
+                                                                   # bf16 is the bfloat16 image-tower copy)
     python training/bench_face_latency.py --compare-traced         # and through a frozen TorchScript copy
     python training/bench_face_latency.py --compare-compiled       # and through torch.compile (training/traced_forward.py)
     python training/bench_face_latency.py --compare-no-tta         # and without the protocol's flip TTA
@@ -43,7 +45,7 @@ from mpafer.checkpoint import load_checkpoint  # noqa: E402
 from mpafer.defaults import default_checkpoint  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
 from mpafer.faces import FaceDetector  # noqa: E402
-from mpafer.precision import PRECISIONS, cpu_bf16_autocast, effective_precision, native_bf16  # noqa: E402
+from mpafer.precision import PRECISIONS, cpu_bf16_autocast, inference_precision, native_bf16  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
 from mpafer.stems import Stem  # noqa: E402
 from training.traced_forward import CompiledForward, TracedForward  # noqa: E402
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compare-unfolded", action="store_true",
                         help="also time each model with its conv stem's batch norms not folded (mpafer.stems.Stem)")
     parser.add_argument("--compare-precision", action="store_true",
-                        help="also time each model in the other precision (bf16 autocast against float32)")
+                        help="also time each model in the other precision (bf16, the image-tower copy, against "
+                             "float32)")
     parser.add_argument("--compare-traced", action="store_true",
                         help="also time each model's forward as a frozen TorchScript copy (float32; the Predictor runs it eagerly)")
     parser.add_argument("--compare-compiled", action="store_true",
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="as Predictor(precision=...): auto (float32 on a CPU), bf16 (autocast) or fp32")
+                        help="as Predictor(precision=...): auto (bf16 where the CPU has native bfloat16, else "
+                             "float32), bf16 (the bfloat16 image-tower copy) or fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object (what the model card reads)")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's table of where the first model's runs spend their CPU time")
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
             print("no bundled default model yet: pass --checkpoint PATH or --model CONFIG", file=sys.stderr)
             return 2
         models = [(str(path), load_checkpoint(path)) for path in paths]
-    precision = effective_precision("cpu", args.precision)  # what Predictor(precision=...) runs here
+    precision = inference_precision("cpu", args.precision)  # what Predictor(precision=...) runs here
     # each case is a Predictor's own forward path: a model, its stem folded or not, a precision, and a
     # variant ("eager"; "traced"/"compiled": a compiled copy in the model's place; "no-tta": no flip)
     cases = [Case(source, index, True, precision) for index, (source, _) in enumerate(models)]
@@ -114,13 +118,14 @@ def main(argv=None) -> int:
         else:
             print("this CPU has no native bfloat16: no bf16 case to compare", file=sys.stderr)
     copies = {}  # (model index, variant) -> a compiled copy of that model's forward
-    eager_fp32 = [case for case in cases if case.precision == "fp32" and case.fold]
+    eager = [case for case in cases if case.fold]
+    # the compiled copies are float32 graphs, whatever precision the eager case they stand beside runs in
     for wanted, variant, make in ((args.compare_traced, "traced", TracedForward),
                                   (args.compare_compiled, "compiled", CompiledForward)):
-        for case in eager_fp32 if wanted else ():
+        for case in {case.index: case for case in eager}.values() if wanted else ():
             copies[(case.index, variant)] = make(models[case.index][1].eval())
-            cases.append(case._replace(label=f"{case.label} ({variant})", variant=variant))
-    for case in eager_fp32 if args.compare_no_tta else ():
+            cases.append(case._replace(label=f"{case.label} ({variant})", variant=variant, precision="fp32"))
+    for case in eager if args.compare_no_tta else ():
         if models[case.index][1].config.input.tta_flip:
             cases.append(case._replace(label=case.label + " (no flip TTA)", variant="no-tta"))
         else:
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
         predictor.forward(batch)
 
     def ran_under_bf16(case: Case) -> bool:
-        """What the case's model call really ran under (read once, outside the timings)."""
+        """Whether the case's model call really ran in bf16 (read once, outside the timings)."""
         if (case.index, case.variant) in copies:
             return False  # a frozen float32 graph, no autocast in it
         seen = []
@@ -169,7 +174,8 @@ def main(argv=None) -> int:
             one_call(case)
         finally:
             hook.remove()
-        return seen[0]
+        # on a CPU bf16 is the Predictor's bfloat16 image-tower copy, not autocast
+        return seen[0] or predictors[(case.index, case.precision)].bf16_tower is not None
 
     try:
         with torch.inference_mode():
