@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"most faces to analyse, the largest (default {DEFAULT_MAX_FACES})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: float32 on a CPU, bf16 autocast on a GPU; bf16: wherever bfloat16 is "
-                             "native (on a CPU with AMX about 10 %% faster, same validation accuracy)")
+                        help="auto: bf16 where the hardware computes it natively (on a CPU a bfloat16 copy of "
+                             "the image tower, on a GPU autocast), else float32; bf16: the same, float32 with a "
+                             "warning where it would be emulated; fp32: float32 everywhere")
     return parser
 
 
