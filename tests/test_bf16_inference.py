@@ -2,6 +2,7 @@
 the model's weights, with and without oneDNN's prepacked operators."""
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from mpafer import bf16_inference
@@ -122,3 +123,22 @@ def test_gelu_is_fused_into_the_first_mlp_layer_and_matches(packing):
     with torch.no_grad():
         expected = nn.functional.gelu(layer(x).float())
         torch.testing.assert_close(fused(x).float(), expected, atol=0.05, rtol=0.02)
+
+
+def test_evaluation_runs_the_pass_the_predictor_runs(model, monkeypatch):
+    """bf16 on a CPU: the same copy behind evaluate's --precision bf16 and Predictor's auto."""
+    import mpafer.precision
+    from mpafer.evaluate import predict_probabilities
+    from mpafer.predictor import Predictor
+
+    monkeypatch.setattr(mpafer.precision, "_native_bf16", lambda kind: True)
+    pixels = torch.randint(0, 256, (3, 48, 48, 3), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    model.config.input.tta_flip = True
+    evaluated = predict_probabilities(model, pixels.numpy(), precision="bf16", progress=False)
+    predictor = Predictor(model, detector=object())  # crops only: no detector is used
+    assert predictor.precision == "bf16" and predictor.bf16_tower is not None
+    batch = predictor.preprocess([Image.fromarray(p.numpy()) for p in pixels])
+    _, predicted = predictor.forward(batch)
+    torch.testing.assert_close(evaluated, predicted, atol=2e-3, rtol=0)
+    exact = predict_probabilities(model, pixels.numpy(), precision="fp32", progress=False)
+    assert (evaluated - exact).abs().max() < 0.02
