@@ -214,7 +214,8 @@ def card(bundle: Path, runs: Path, stage0_card: Path | None = None) -> str:
     if pipeline:
         lines.append(f"* through the whole `Predictor` (face upscaled to 256 px on a 512 px canvas, detected, cropped "
                      f"by the protocol below): {pct(pipeline['pipeline_accuracy'])} beside {pct(pipeline['direct_accuracy'])} "
-                     f"direct ({pipeline['gap_points']:.2f} points gap, {pipeline['missed_faces']} faces not found; "
+                     f"direct ({pipeline['gap_points']:.2f} points gap, {pipeline['missed_faces']} faces not found"
+                     f"{', both in ' + pipeline['precision'] if pipeline.get('precision') else ''}; "
                      f"`training/crop_protocol.py pipeline`)")
     if paraphrases:
         lines.append(f"* unseen paraphrases: **{paraphrases['correct']} of {paraphrases['total']}** land on their class "
