@@ -65,8 +65,8 @@ class PackedConv2d(nn.Module):
         self.relu = relu
         weight = conv.weight.detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         self.bias = None if conv.bias is None else conv.bias.detach().to(torch.bfloat16)
-        # plain attributes, not buffers: an opaque oneDNN tensor must never be saved, moved or copied
         self.packed = prepacked_ops()
+        # plain attributes, not buffers: an opaque oneDNN tensor is never saved, moved or cast
         self.weight = torch.ops.mkldnn._reorder_convolution_weight(weight, *self.options, None) \
             if self.packed else weight
 
@@ -138,9 +138,11 @@ class InferenceBlock(nn.Module):
 
     @staticmethod
     def fits(block: nn.Module) -> bool:
+        """open_clip's plain block with its default MLP (Linear, GELU, Linear); anything else stays as it is."""
         mlp = getattr(block, "mlp", None)
-        return (is_plain_block(block) and isinstance(mlp, nn.Sequential) and list(mlp._modules) == ["c_fc", "gelu", "c_proj"]
-                and isinstance(mlp.c_fc, nn.Linear) and isinstance(mlp.gelu, nn.GELU) and isinstance(mlp.c_proj, nn.Linear))
+        return (is_plain_block(block) and isinstance(mlp, nn.Sequential)
+                and list(mlp._modules) == ["c_fc", "gelu", "c_proj"] and isinstance(mlp.c_fc, nn.Linear)
+                and isinstance(mlp.gelu, nn.GELU) and isinstance(mlp.c_proj, nn.Linear))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attn_mask is not None:

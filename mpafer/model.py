@@ -17,8 +17,8 @@ from .cgla import cgla_scores, patch_text_similarity, to_grid
 from .descriptions import HardPrompt, load_bank
 from .input_protocol import InputProtocol
 from .losses import LossConfig
-from .prompts import (DeepVisualPrompts, ImageFeatures, TextPromptLearner, class_means, content_mask, l2_normalize,
-                      text_encoder_for, visual_features)
+from .prompts import (DeepVisualPrompts, ImageFeatures, TextPromptLearner, class_means, content_mask,
+                      l2_normalize, text_encoder_for, visual_features)
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 ``precision``: "bf16" (autocast to bfloat16: GPUs, and CPUs with AVX-512-BF16 or AMX, where it
 trains the default model 1.3-3x faster than float32), "fp32", or "auto" (bf16 on CUDA, float32
-on a CPU, the safe choice on an unknown machine; for prediction see ``inference_precision``). "bf16" falls back to float32, with a warning,
-where the hardware has no native bfloat16: on an AVX2-only CPU autocast emulates it, and a
-stage-0 step took 25 s instead of 1.7 s in float32 (2-core AMD EPYC without AVX-512).
+on a CPU, the safe choice on an unknown machine; for prediction see ``inference_precision``).
+"bf16" falls back to float32, with a warning, where the hardware has no native bfloat16: on an
+AVX2-only CPU autocast emulates it, and a stage-0 step took 25 s instead of 1.7 s in float32 (2-core
+AMD EPYC without AVX-512).
 On a CPU the attention kernel is pinned to the plain-math one: at ~150 tokens the flash kernel's
 bf16 backward was most of a training step when profiled on the 2-core development machine. (Under bf16
 the image tower's blocks skip SDPA altogether: ``mpafer.cpu_attention``.)
@@ -75,7 +76,7 @@ def autocast(device: torch.device | str, precision: str = "auto") -> Iterator[No
 def inference_precision(device: torch.device | str, precision: str = "auto") -> str:
     """What ``Predictor(precision=...)`` runs: as ``effective_precision``, except that "auto" is bf16 also on a
     CPU that computes bfloat16 natively. There bf16 runs a bfloat16 copy of the image tower
-    (``mpafer.bf16_inference``), not autocast: about a fifth less time per face than float32 on the 2-core
+    (``mpafer.bf16_inference``), not autocast: about a third less time per face than float32 on the 2-core
     AVX-512-BF16/AMX development machine, with the same validation accuracy (README, "Measured numbers").
     Autocast cast every weight on every call and saved only about 10 %, which is why "auto" was float32
     on every CPU before. Evaluation's "auto" stays float32 on a CPU, so published accuracies are exact and

@@ -22,6 +22,7 @@ from PIL import Image
 from .transforms import to_model_input
 from .input_protocol import to_grey
 from .backbone import BackboneConfig
+from .bf16_inference import Bf16ImageTower
 from .description_calibration import load_calibration
 from .description_scores import DescriptionScore
 from .explain import Explainer, ProbeResult, gradcam, normalize_map, upsample
@@ -32,7 +33,6 @@ from .faces import (DEFAULT_MAX_FACES, Box, CropInfo, FaceDetector, FaceList, cr
 from .images import DEFAULT_MAX_SIDE, load_image
 from .model import MPAFER, MPAFERConfig, create_model
 from .precision import inference_autocast, inference_precision, uses_bf16_tower
-from .bf16_inference import Bf16ImageTower
 
 log = logging.getLogger(__name__)
 

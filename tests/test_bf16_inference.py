@@ -50,7 +50,8 @@ def test_the_tower_is_the_model_to_bf16_rounding(model, packing):
     with torch.no_grad():
         exact, ours = model(x, with_text_tokens=False), tower(x)
     visual = tower._copies()[0]
-    assert all(c.packed == (packing == "packed") for c in visual.modules() if isinstance(c, (PackedConv2d, PackedLinear)))
+    packed = [c for c in visual.modules() if isinstance(c, (PackedConv2d, PackedLinear))]
+    assert packed and all(c.packed == (packing == "packed") for c in packed)
     assert sum(isinstance(c, PackedConv2d) for c in visual.modules()) == 4  # 3 stride-2 conv-BN-ReLU, the 1x1
     for name in ("logits", "maps", "image_features", "patch_features", "probabilities"):
         assert getattr(ours, name).dtype == torch.float32, name  # scored and handed on in float32
