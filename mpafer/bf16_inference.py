@@ -162,6 +162,8 @@ def bf16_copy(module: nn.Module) -> nn.Module:
     duplicate = duplicate.to(torch.bfloat16)
     if isinstance(stem, Stem):
         duplicate.conv1 = packed_stem(stem)
+    elif isinstance(stem, nn.Conv2d) and stem.padding_mode == "zeros" and not isinstance(stem.padding, str):
+        duplicate.conv1 = PackedConv2d(stem, relu=False)  # a plain ViT's patchify convolution
     if isinstance(getattr(duplicate, "proj", None), torch.Tensor):  # the output projection: a packed layer too
         duplicate.packed_proj = PackedLinear(duplicate.proj.t(), None)  # pooled @ proj == linear(pooled, proj.T)
         duplicate.proj = None  # visual_features hands on unprojected features; encode_image projects them

@@ -143,3 +143,14 @@ def test_evaluation_runs_the_pass_the_predictor_runs(model, monkeypatch):
     torch.testing.assert_close(evaluated, predicted, atol=2e-3, rtol=0)
     exact = predict_probabilities(model, pixels.numpy(), precision="fp32", progress=False)
     assert (evaluated - exact).abs().max() < 0.02
+
+
+def test_a_plain_vits_patchify_convolution_is_packed(packing):
+    torch.manual_seed(0)
+    model = create_model(MPAFERConfig(backbone=BackboneConfig("mpafer-tiny"), topk=4, visual_prompt_tokens=2,
+                                      visual_prompt_depth=-1, n_ctx=4)).eval()
+    tower = Bf16ImageTower(model)
+    x = faces(2, model.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(x).probabilities, model(x).probabilities, atol=0.02, rtol=0)
+    assert isinstance(tower._copies()[0].conv1, PackedConv2d)
