@@ -53,13 +53,18 @@ def prepacked_ops() -> bool:
         return False
 
 
+def packable(conv: nn.Module) -> bool:
+    """A convolution ``PackedConv2d`` can take: zero padding given in numbers (not "same"/"valid")."""
+    return isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 class PackedConv2d(nn.Module):
     """A bfloat16 convolution, optionally followed by a ReLU: one oneDNN call with a prepacked weight
     where torch has it (``prepacked_ops``), else ``conv2d`` (and ``relu``)."""
 
     def __init__(self, conv: nn.Conv2d, relu: bool):
         super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        if not packable(conv):
             raise ValueError("only zero-padded convolutions with explicit padding are packed")
         self.options = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         self.relu = relu
@@ -112,7 +117,7 @@ def packed_stem(stem: Stem) -> Stem:
     index = 0
     while index < len(folded):
         module = folded[index]
-        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        if packable(module):
             relu = index + 1 < len(folded) and isinstance(folded[index + 1], nn.ReLU)
             layers.append(PackedConv2d(module, relu))
             index += 2 if relu else 1
@@ -162,7 +167,7 @@ def bf16_copy(module: nn.Module) -> nn.Module:
     duplicate = duplicate.to(torch.bfloat16)
     if isinstance(stem, Stem):
         duplicate.conv1 = packed_stem(stem)
-    elif isinstance(stem, nn.Conv2d) and stem.padding_mode == "zeros" and not isinstance(stem.padding, str):
+    elif packable(stem):
         duplicate.conv1 = PackedConv2d(stem, relu=False)  # a plain ViT's patchify convolution
     if isinstance(getattr(duplicate, "proj", None), torch.Tensor):  # the output projection: a packed layer too
         duplicate.packed_proj = PackedLinear(duplicate.proj.t(), None)  # pooled @ proj == linear(pooled, proj.T)

@@ -177,8 +177,9 @@ class FaceDetector:
                 raise RuntimeError("FaceDetector is closed")
             faces = self._find(pixels, tiles=True)
             if not faces and self.pad_retry:
+                small, shrink = _shrunk_for_retry(rgb)  # once for all the looks: theirs is then a no-op
                 for look in RETRY_LOOKS:
-                    found, found_scale = self._find_padded(rgb, scale, **look)
+                    found, found_scale = self._find_padded(small, scale * shrink, **look)
                     if found:
                         faces, scale = found, found_scale
                         break
@@ -253,8 +254,7 @@ class FaceDetector:
         """Whole-picture passes on the picture centred on a mid-grey square twice its size,
         mirrored and/or with its luminance brightened (``gamma`` < 1) first when asked.
         Returns the faces in (scaled) picture pixels and the scale of those pixels."""
-        shrink = min(1.0, PAD_RETRY_SIDE / 2 / max(rgb.size))
-        small = _resize(rgb, shrink) if shrink < 1.0 else rgb
+        small, shrink = _shrunk_for_retry(rgb)
         if mirror:
             small = ImageOps.mirror(small)
         if gamma is not None:
@@ -294,6 +294,12 @@ class FaceDetector:
             box = (float(bx0), float(by0), float(bx0 + bb.width), float(by0 + bb.height))
             faces.append(Face(box, score, keypoints))
         return faces
+
+
+def _shrunk_for_retry(rgb: Image.Image) -> tuple[Image.Image, float]:
+    """The picture at most half ``PAD_RETRY_SIDE`` on its longer side, and the scale it was shrunk by."""
+    shrink = min(1.0, PAD_RETRY_SIDE / 2 / max(rgb.size))
+    return (_resize(rgb, shrink) if shrink < 1.0 else rgb), shrink
 
 
 def _unmirror(face: Face, width: float) -> Face:

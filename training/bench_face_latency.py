@@ -45,7 +45,7 @@ from mpafer.checkpoint import load_checkpoint  # noqa: E402
 from mpafer.defaults import default_checkpoint  # noqa: E402
 from mpafer.model import MPAFERConfig, create_model  # noqa: E402
 from mpafer.faces import FaceDetector  # noqa: E402
-from mpafer.precision import PRECISIONS, cpu_bf16_autocast, inference_precision, native_bf16  # noqa: E402
+from mpafer.precision import PRECISIONS, inference_precision, native_bf16  # noqa: E402
 from mpafer.predictor import Predictor  # noqa: E402
 from mpafer.stems import Stem  # noqa: E402
 from training.traced_forward import CompiledForward, TracedForward  # noqa: E402
@@ -164,18 +164,22 @@ def main(argv=None) -> int:
         predictor.forward(batch)
 
     def ran_under_bf16(case: Case) -> bool:
-        """Whether the case's model call really ran in bf16 (read once, outside the timings)."""
+        """Whether the case's model call really ran the bfloat16 image-tower copy (read once, outside the
+        timings): on a CPU that is what bf16 means, never autocast."""
         if (case.index, case.variant) in copies:
-            return False  # a frozen float32 graph, no autocast in it
+            return False  # a frozen float32 graph
         seen = []
-        hook = models[case.index][1].register_forward_pre_hook(lambda *_: seen.append(cpu_bf16_autocast()))
+
+        def record(module, args, kwargs):
+            seen.append(kwargs.get("image_encoder") is not None)
+
+        hook = models[case.index][1].register_forward_pre_hook(record, with_kwargs=True)
         try:
             switch(case)
             one_call(case)
         finally:
             hook.remove()
-        # on a CPU bf16 is the Predictor's bfloat16 image-tower copy, not autocast
-        return seen[0] or predictors[(case.index, case.precision)].bf16_tower is not None
+        return seen[0]
 
     try:
         with torch.inference_mode():
